@@ -1,0 +1,82 @@
+"""Learning benchmark: train on a task for several seeds and collect the evaluation curves in the
+published format (benchmarks/results/learning/<task>.csv with columns step,reward,seed).
+
+    python benchmarks/learning.py task=cartpole-balance steps=10000 seeds=[1,2]
+    python benchmarks/learning.py task=cartpole-swingup steps=30000 seeds=[1,2] resume=true
+
+Every other key=value is passed to scripts/train.py. The defaults below are the small CPU
+settings of the issue-2 measurements (model_size=1, 128 samples, 10 denoising steps, batch 128);
+runs are resumable, so a stopped benchmark continues with resume=true. With collect_only=true
+the CSV is rebuilt from the runs' eval.csv without training.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_DEFAULTS = {"model_size": "1", "diffusion_num_samples": "128", "diffusion_steps": "10",
+                "batch_size": "128", "eval_freq": "2000", "eval_episodes": "10",
+                "save_model_every": "0", "exp_name": "learning"}
+
+
+def parse(argv):
+    args = dict(CPU_DEFAULTS)
+    for a in argv:
+        if "=" not in a:
+            sys.exit(f"error: arguments are key=value, got {a!r}.")
+        k, v = a.split("=", 1)
+        args[k] = v
+    if "task" not in args:
+        sys.exit("error: pass task=NAME (e.g. task=cartpole-balance).")
+    seeds = [int(s) for s in args.pop("seeds", "[1,2]").strip("[]").split(",") if s.strip()]
+    collect_only = args.pop("collect_only", "false") == "true"
+    return args, seeds, collect_only
+
+
+def collect(args, seeds) -> str:
+    out_dir = os.path.join(ROOT, "benchmarks", "results", "learning")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{args['task']}.csv")
+    rows = []
+    for seed in seeds:
+        ev = os.path.join(ROOT, args.get("work_dir", "logs"), args["task"], str(seed),
+                          args["exp_name"], "eval.csv")
+        if not os.path.exists(ev):
+            continue
+        with open(ev) as f:
+            rows += [(int(float(r["step"])), float(r["episode_reward"]), seed)
+                     for r in csv.DictReader(f)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "reward", "seed"])
+        w.writerows(sorted(rows, key=lambda r: (r[2], r[0])))
+    return path
+
+
+def main():
+    args, seeds, collect_only = parse(sys.argv[1:])
+    if not collect_only:
+        for seed in seeds:
+            cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"seed={seed}"]
+            cmd += [f"{k}={v}" for k, v in args.items()]
+            print("$ " + " ".join(cmd[1:]), flush=True)
+            t0 = time.time()
+            rc = subprocess.call(cmd, cwd=ROOT)
+            print(f"seed {seed}: exit {rc}, wall {time.time() - t0:.0f} s", flush=True)
+            if rc:
+                sys.exit(rc)
+    path = collect(args, seeds)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    print(f"\n{args['task']}: {path}")
+    print(f"{'seed':>4} {'step':>8} {'reward':>8}")
+    for r in rows:
+        print(f"{r['seed']:>4} {r['step']:>8} {float(r['reward']):8.1f}")
+
+
+if __name__ == "__main__":
+    main()

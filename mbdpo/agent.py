@@ -1,0 +1,196 @@
+"""MBDPO: acting with the diffusion planner, and one update with the losses of ALGORITHM.md §2."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mbdpo.math import RunningScale
+from mbdpo.planner import DiffusionPlanner
+from mbdpo.world_model import WorldModel
+
+
+class MBDPO:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.model = WorldModel(cfg).to(self.device)
+        self.planner = DiffusionPlanner(cfg, self.model).to(self.device)
+        m = self.model
+        enc = list(m.encoder.parameters())
+        enc_ids = {id(p) for p in enc}
+        pi_ids = {id(p) for p in m.pi_head.parameters()}
+        target_ids = {id(p) for p in m.Qs_target.parameters()}
+        rest = [p for p in m.parameters()
+                if id(p) not in enc_ids | pi_ids | target_ids]
+        self.wm_params = enc + rest
+        self.optim = torch.optim.Adam(
+            [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr)
+        self.pi_optim = torch.optim.Adam(m.pi_head.parameters(), lr=cfg.lr, eps=1e-5)
+        self.scale = RunningScale(cfg.tau).to(self.device)
+        self.discounts = torch.tensor(list(cfg.discounts), device=self.device)
+        self.rho = cfg.rho ** torch.arange(cfg.horizon + 1, device=self.device, dtype=torch.float)
+        self.warm: dict[str, torch.Tensor] = {}  # last plan per stream ('train', 'eval')
+        self.update_fn = self._update
+        if cfg.compile:
+            self.update_fn = torch.compile(self._update, mode="reduce-overhead")
+
+    # -- acting ---------------------------------------------------------------------------
+    def _discount(self, task, n):
+        if task is None:
+            return self.discounts[0].expand(n)
+        return self.discounts[task]
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, t0: torch.Tensor, task: torch.Tensor | None = None,
+            eval_mode: bool = False, stream: str = "train") -> torch.Tensor:
+        """Actions (E, A) for a batch of E observations. ``t0`` (E,) bool marks the first step
+        of an episode (the warm start is reset there)."""
+        m, cfg = self.model, self.cfg
+        m.eval()
+        obs = obs.to(self.device, non_blocking=True)
+        E = obs.shape[0]
+        e, mask = m.embed(task), m.action_mask(task)
+        z = m.encode(obs, e)
+        prev = self.warm.get(stream)
+        if prev is None or prev.shape[0] != E:
+            warm = torch.zeros(E, cfg.horizon, cfg.action_dim, device=self.device)
+        else:  # last plan shifted by one step, zero-padded; zeros at t = 0
+            warm = torch.cat([prev[:, 1:], torch.zeros_like(prev[:, :1])], 1)
+            warm = warm * (~t0.to(self.device)).float()[:, None, None]
+        if cfg.score_only_inference:
+            plan = self.planner.plan_with_score_net(z, e, mask, warm)
+        else:
+            plan = self.planner.plan(z, e, mask, self._discount(task, E), warm)
+        self.warm[stream] = plan
+        a = plan[:, 0]
+        if not eval_mode:
+            a = (a + cfg.diffusion_action_noise * torch.randn_like(a)).clamp(-1, 1)
+            if mask is not None:
+                a = a * mask
+        m.train()
+        return a
+
+    # -- learning -------------------------------------------------------------------------
+    def update(self, batch: dict) -> dict:
+        """One update on a batch: obs (H+1, B, ...), action (H, B, A), reward (H, B),
+        terminated (H, B), task (B,) or None. Returns the losses as 0-d tensors (no sync)."""
+        batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                 for k, v in batch.items()}
+        return self.update_fn(batch["obs"], batch["action"], batch["reward"],
+                              batch["terminated"], batch.get("task"))
+
+    def _update(self, obs, action, reward, terminated, task):
+        m, cfg, H = self.model, self.cfg, self.cfg.horizon
+        m.train()
+        e, mask = m.embed(task), m.action_mask(task)
+        mask_h = None if mask is None else mask.unsqueeze(0)
+        disc = self._discount(task, obs.shape[1])
+        rho = self.rho[:H]
+
+        # 1. targets
+        with torch.no_grad():
+            next_z = m.encode(obs[1:], e)  # (H, B, L)
+            a_next, _, _ = m.pi(next_z, e, mask_h)
+            td = reward + disc * (1 - terminated) * m.Q_min_target(next_z, a_next, e)
+
+        # 2. latent rollout
+        zs = [m.encode(obs[0], e)]
+        for t in range(H):
+            zs.append(m.next(zs[-1], action[t], e))
+        zs = torch.stack(zs)  # (H+1, B, L)
+        _zs = zs[:-1]
+
+        def weighted(per_step):  # (H, B) -> Σ_t ρ^t mean_b / H
+            return (per_step.mean(1) * rho).sum() / H
+
+        # 3. losses
+        consistency = weighted((zs[1:] - next_z).pow(2).mean(-1))
+        reward_loss = weighted(m.two_hot.soft_ce(m.reward_logits(_zs, action, e), reward))
+        q_logits = m.Q_logits(_zs, action, e)  # (num_q, H, B, bins)
+        value_loss = weighted(m.two_hot.soft_ce(q_logits, td.unsqueeze(0)).mean(0))
+        total = (cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss
+                 + cfg.value_coef * value_loss)
+        out = {"consistency_loss": consistency, "reward_loss": reward_loss,
+               "value_loss": value_loss}
+        if m.termination_head is not None:
+            term_loss = weighted(F.binary_cross_entropy_with_logits(
+                m.termination_logit(zs[1:], e), terminated, reduction="none"))
+            total = total + cfg.termination_coef * term_loss
+            out["termination_loss"] = term_loss
+        energy_loss = self._energy_loss(_zs, action, e, mask_h, weighted)
+        total = total + cfg.energy_coef * energy_loss
+        out["energy_loss"] = energy_loss
+        if m.score_net is not None:
+            score_loss = self._score_loss(zs[0].detach(), e, mask, disc, action)
+            total = total + cfg.score_loss_coef * score_loss
+            out["score_loss"] = score_loss
+
+        # 4. world-model step
+        self.optim.zero_grad(set_to_none=True)
+        total.backward()
+        out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.wm_params, cfg.grad_clip_norm)
+        self.optim.step()
+
+        # 5. policy prior step on detached latents
+        out["pi_loss"] = self._pi_step(zs.detach(), e, mask)
+
+        # 6. target network
+        m.update_target(cfg.tau)
+        out["total_loss"] = total.detach()
+        return {k: v.detach() for k, v in out.items()}
+
+    def _energy_loss(self, z, action, e, mask, weighted):
+        """Logistic classifier F: replay actions are positives; the hardest of three
+        candidates (a policy sample, it plus noise, a uniform action) is the negative."""
+        m = self.model
+        with torch.no_grad():
+            a_pi, _, _ = m.pi(z.detach(), e, mask)
+            negs = torch.stack([
+                a_pi, (a_pi + self.cfg.energy_neg_noise * torch.randn_like(a_pi)).clamp(-1, 1),
+                torch.rand_like(a_pi) * 2 - 1])  # (3, H, B, A)
+            if mask is not None:
+                negs = negs * mask
+        logits = m.energy_logit(torch.cat([z.unsqueeze(0), z.expand(3, *z.shape)]),
+                                torch.cat([action.unsqueeze(0), negs]), e)  # (4, H, B)
+        pos, neg_all = logits[0], logits[1:]
+        hardest = neg_all.detach().argmax(0, keepdim=True)
+        neg = torch.gather(neg_all, 0, hardest).squeeze(0)
+        m.energy_stats.update(logits)
+        loss = 0.5 * (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="none")
+                      + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg),
+                                                           reduction="none"))
+        return weighted(loss)
+
+    def _score_loss(self, z, e, mask, disc, action):
+        """Regression on the Monte-Carlo targets, parametrised by the denoised mean X̄ (the
+        score is an affine function of it at each τ)."""
+        x0 = action.transpose(0, 1)  # (B, H, A): the replay plans
+        x_tau, tau, x_bar = self.planner.score_targets(z, e, mask, disc, x0)
+        return F.mse_loss(self.model.denoised_mean(z, e, x_tau, tau), x_bar)
+
+    def _pi_step(self, zs, e, mask):
+        m, cfg = self.model, self.cfg
+        mask_h = None if mask is None else mask.unsqueeze(0)
+        a, log_prob, _ = m.pi(zs, e, mask_h)
+        q = m.Q_avg(zs, a, e, detach=True)  # (H+1, B)
+        self.scale.update(q[0])
+        q = self.scale(q)
+        loss = ((cfg.entropy_coef * log_prob.squeeze(-1) - q).mean(1) * self.rho).mean()
+        self.pi_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.pi_head.parameters(), cfg.grad_clip_norm)
+        self.pi_optim.step()
+        return loss.detach()
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
+                "pi_optim": self.pi_optim.state_dict(), "scale": self.scale.state_dict(),
+                "warm": dict(self.warm)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optim"])
+        self.pi_optim.load_state_dict(state["pi_optim"])
+        self.scale.load_state_dict(state["scale"])
+        self.warm = {k: v.to(self.device) for k, v in state.get("warm", {}).items()}

@@ -1,0 +1,175 @@
+"""Configuration: model-size presets, validation with clear messages, derived values.
+
+The YAML in ``cfgs/config.yaml`` holds the names and defaults; ``parse_cfg`` checks every value
+a user may set, fills in what follows from others (model size, discount, seed steps, device)
+and returns a plain mutable ``DictConfig``.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mbdpo.tasks import TASK_SETS, get_task, resolve_tasks
+
+MODEL_SIZES = {
+    1: dict(enc_dim=256, mlp_dim=384, latent_dim=128, num_enc_layers=2, num_q=2),
+    5: dict(enc_dim=256, mlp_dim=512, latent_dim=512, num_enc_layers=2, num_q=5),
+    19: dict(enc_dim=1024, mlp_dim=1024, latent_dim=768, num_enc_layers=3, num_q=5),
+    48: dict(enc_dim=1792, mlp_dim=1792, latent_dim=768, num_enc_layers=4, num_q=5),
+    317: dict(enc_dim=4096, mlp_dim=4096, latent_dim=1376, num_enc_layers=5, num_q=8),
+}
+
+# Settings that change the shape of a network: a checkpoint must agree on all of them.
+SHAPE_KEYS = ("obs", "enc_dim", "mlp_dim", "latent_dim", "num_enc_layers", "num_q", "num_bins",
+              "task_dim", "num_channels", "horizon", "use_score_network",
+              "diffusion_time_embed_dim", "obs_dim", "action_dim", "num_tasks")
+
+
+class ConfigError(ValueError):
+    """A setting the user gave cannot be used; the message says what to do."""
+
+
+def _check(cond: bool, key: str, value, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"Bad value {key}={value!r}: {allowed}.")
+
+
+def _positive_int(cfg, key):
+    v = cfg[key]
+    _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, key, v,
+           "expected a positive integer")
+
+
+def _non_negative_number(cfg, key):
+    v = cfg[key]
+    _check(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, key, v,
+           "expected a number >= 0")
+
+
+def _bool(cfg, key):
+    _check(isinstance(cfg[key], bool), key, cfg[key], "expected true or false")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Bad value device={name!r}: expected auto, cpu, cuda or cuda:N.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but CUDA is not available here: "
+                          "use device=auto or device=cpu.")
+    return dev
+
+
+def discount(episode_length: int, cfg) -> float:
+    """γ = clip((L/d - 1)/(L/d), γ_min, γ_max) for episode length L (ALGORITHM.md §2)."""
+    frac = episode_length / cfg.discount_denom
+    return float(min(max((frac - 1) / frac, cfg.discount_min), cfg.discount_max))
+
+
+def parse_cfg(cfg: DictConfig) -> DictConfig:
+    """Validate a composed config and fill in the derived values."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.set_struct(cfg, False)
+
+    if cfg.get("contrastive_eta") is not None:
+        cfg.energy_eta = cfg.contrastive_eta
+    # task and task set
+    task = str(cfg.task)
+    tasks = resolve_tasks(task)  # raises UnknownTaskError with the closest names
+    if task in TASK_SETS and not cfg.multitask:
+        raise ConfigError(f"task={task} is a task set: add multitask=true to train one agent "
+                          f"on its {len(tasks)} tasks, or pick a single task.")
+    if cfg.multitask and task not in TASK_SETS:
+        raise ConfigError(f"multitask=true needs a task set (one of {', '.join(TASK_SETS)}), "
+                          f"not the single task {task!r}.")
+    cfg.tasks = tasks
+    _check(cfg.obs in ("state", "rgb"), "obs", cfg.obs, "expected state or rgb")
+
+    # model size preset; explicit enc_dim=... etc. still win
+    _check(cfg.model_size in MODEL_SIZES, "model_size", cfg.model_size,
+           f"expected one of {', '.join(map(str, MODEL_SIZES))}")
+    for k, v in MODEL_SIZES[cfg.model_size].items():
+        if cfg.get(k) is None:
+            cfg[k] = v
+    if not cfg.multitask:
+        cfg.task_dim = 0
+
+    for key in ("steps", "batch_size", "horizon", "num_bins", "enc_dim", "mlp_dim", "latent_dim",
+                "num_enc_layers", "num_q", "num_channels", "simnorm_dim", "diffusion_steps",
+                "diffusion_num_samples", "diffusion_num_elites", "eval_episodes",
+                "eval_freq", "buffer_size", "log_freq", "diffusion_time_embed_dim"):
+        _positive_int(cfg, key)
+    for key in ("lr", "enc_lr_scale", "grad_clip_norm", "consistency_coef", "reward_coef",
+                "value_coef", "termination_coef", "energy_coef", "energy_eta",
+                "energy_neg_noise", "energy_clip", "entropy_coef", "dropout", "tau",
+                "score_loss_coef", "diffusion_action_noise", "save_model_every",
+                "diffusion_num_pi_trajs"):
+        _non_negative_number(cfg, key)
+    for key in ("multitask", "use_score_network", "score_only_inference", "resume",
+                "save_video", "save_replay", "enable_wandb", "compile"):
+        _bool(cfg, key)
+    _check(isinstance(cfg.task_dim, int) and cfg.task_dim >= 0, "task_dim", cfg.task_dim,
+           "expected an integer >= 0")
+    _check(0 < cfg.rho <= 1, "rho", cfg.rho, "expected a number in (0, 1]")
+    _check(0 <= cfg.energy_momentum < 1, "energy_momentum", cfg.energy_momentum,
+           "expected a number in [0, 1)")
+    _check(cfg.diffusion_temperature > 0, "diffusion_temperature", cfg.diffusion_temperature,
+           "expected a number > 0")
+    _check(0 < cfg.diffusion_beta0 <= cfg.diffusion_betaT < 1, "diffusion_betaT",
+           cfg.diffusion_betaT, f"expected diffusion_beta0 ({cfg.diffusion_beta0}) <= "
+           "diffusion_betaT < 1")
+    _check(cfg.diffusion_steps >= 2, "diffusion_steps", cfg.diffusion_steps,
+           "expected at least 2")
+    _check(cfg.diffusion_num_elites <= cfg.diffusion_num_samples, "diffusion_num_elites",
+           cfg.diffusion_num_elites,
+           f"expected at most diffusion_num_samples ({cfg.diffusion_num_samples})")
+    _check(cfg.diffusion_num_pi_trajs < cfg.diffusion_num_samples, "diffusion_num_pi_trajs",
+           cfg.diffusion_num_pi_trajs,
+           f"expected fewer than diffusion_num_samples ({cfg.diffusion_num_samples})")
+    _check(cfg.latent_dim % cfg.simnorm_dim == 0, "latent_dim", cfg.latent_dim,
+           f"expected a multiple of simnorm_dim ({cfg.simnorm_dim})")
+    _check(cfg.num_q >= 2, "num_q", cfg.num_q, "expected at least 2 (two members are drawn)")
+    _check(cfg.vmin < cfg.vmax, "vmin", cfg.vmin, f"expected less than vmax ({cfg.vmax})")
+    _check(cfg.wandb_mode in ("online", "offline", "disabled"), "wandb_mode", cfg.wandb_mode,
+           "expected online, offline or disabled")
+    if cfg.score_only_inference and not cfg.use_score_network:
+        raise ConfigError("score_only_inference=true needs use_score_network=true.")
+    if cfg.threads is not None:
+        _positive_int(cfg, "threads")
+    cfg.device = str(resolve_device(str(cfg.device)))
+
+    # derived per-task values
+    specs = [get_task(t) for t in tasks]
+    cfg.episode_lengths = [s.episode_length for s in specs]
+    cfg.discounts = [discount(s.episode_length, cfg) for s in specs]
+    cfg.episodic = any(s.episodic for s in specs)
+    if cfg.seed_steps is None:
+        cfg.seed_steps = max(1000, 5 * max(cfg.episode_lengths))
+    cfg.exp_name = str(cfg.exp_name)
+    return cfg
+
+
+def run_dir(cfg) -> str:
+    """logs/<task>/<seed>/<exp_name>"""
+    return os.path.join(str(cfg.work_dir), str(cfg.task), str(cfg.seed), cfg.exp_name)
+
+
+def num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def human(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def eta_string(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

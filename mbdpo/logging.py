@@ -1,0 +1,106 @@
+"""Console and CSV logging always; wandb and videos when asked."""
+from __future__ import annotations
+
+import csv
+import os
+import time
+
+from omegaconf import OmegaConf
+
+from mbdpo.config import eta_string
+
+
+class CSVLog:
+    """Append-only CSV; on resume, rows past the checkpoint's step are dropped so that no row
+    is written twice. Columns are fixed by the first row written."""
+
+    def __init__(self, path: str, resume_step: int | None = None):
+        self.path = path
+        self.fields: list[str] | None = None
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+                fields = list(rows[0].keys()) if rows else None
+            if resume_step is None:
+                os.replace(path, path + ".old")  # a fresh run never mixes with an old one
+            else:
+                self.fields = fields
+                keep = [r for r in rows if float(r["step"]) <= resume_step]
+                tmp = path + ".tmp"
+                with open(tmp, "w", newline="") as f:
+                    if fields:
+                        w = csv.DictWriter(f, fieldnames=fields)
+                        w.writeheader()
+                        w.writerows(keep)
+                os.replace(tmp, path)
+
+    def write(self, row: dict) -> None:
+        new = self.fields is None
+        if new:
+            self.fields = list(row.keys())
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: _fmt(row.get(k, "")) for k in self.fields})
+
+
+def _fmt(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+class Logger:
+    def __init__(self, cfg, run_dir: str, resume_step: int | None = None,
+                 resume_eval_step: int | None = None):
+        """On resume, train rows past ``resume_step`` and eval rows past ``resume_eval_step``
+        (the last evaluation the checkpoint knows of) are dropped."""
+        self.cfg, self.dir = cfg, run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        self.csv = {"train": CSVLog(os.path.join(run_dir, "train.csv"), resume_step),
+                    "eval": CSVLog(os.path.join(run_dir, "eval.csv"), resume_eval_step)}
+        self.start = time.time()
+        self.wandb = None
+        if cfg.enable_wandb and cfg.wandb_mode != "disabled":
+            self.wandb = _init_wandb(cfg, run_dir, resume=resume_step is not None)
+
+    def log(self, name: str, row: dict, step: int) -> None:
+        self.csv[name].write(row)
+        if self.wandb is not None:
+            self.wandb.log({f"{name}/{k}": _fmt(v) for k, v in row.items() if k != "step"},
+                           step=step)
+
+    def console(self, line: str) -> None:
+        print(line, flush=True)
+
+    def progress_line(self, kind: str, step: int, total: int, steps_per_sec: float,
+                      **values) -> str:
+        eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+        vals = "  ".join(f"{k} {_fmt(float(v)) if not isinstance(v, str) else v}"
+                         for k, v in values.items())
+        return (f"[{kind}] step {step:>9,}/{total:,}  {vals}  {steps_per_sec:6.1f} steps/s  "
+                f"elapsed {eta_string(time.time() - self.start)}  ETA {eta_string(eta)}")
+
+    def finish(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _init_wandb(cfg, run_dir: str, resume: bool):
+    import wandb
+    id_file = os.path.join(run_dir, "wandb_id.txt")
+    run_id = open(id_file).read().strip() if resume and os.path.exists(id_file) else None
+    run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode,
+                     dir=run_dir, name=f"{cfg.task}-{cfg.seed}-{cfg.exp_name}", id=run_id,
+                     resume="allow" if run_id else None,
+                     config=OmegaConf.to_container(cfg, resolve=True))
+    with open(id_file, "w") as f:
+        f.write(run.id)
+    return run
+
+
+def save_video(frames, path: str, fps: int = 15) -> None:
+    import imageio
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    imageio.mimsave(path, frames, fps=fps, macro_block_size=1)

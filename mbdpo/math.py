@@ -1,0 +1,105 @@
+"""Numerical helpers: symlog, two-hot regression, squashed Gaussians, running statistics."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+class TwoHot:
+    """Discrete regression of scalars on ``num_bins`` bins over [vmin, vmax] in symlog space."""
+
+    def __init__(self, num_bins: int, vmin: float, vmax: float, device=None):
+        self.num_bins, self.vmin, self.vmax = num_bins, vmin, vmax
+        self.bin_size = (vmax - vmin) / (num_bins - 1)
+        self.bins = torch.linspace(vmin, vmax, num_bins, device=device)
+
+    def to(self, device) -> "TwoHot":
+        self.bins = self.bins.to(device)
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(...,) scalars -> (..., num_bins) two-hot targets."""
+        x = symlog(x).clamp(self.vmin, self.vmax)
+        pos = (x - self.vmin) / self.bin_size
+        lo = pos.floor().clamp(max=self.num_bins - 2)
+        frac = (pos - lo).unsqueeze(-1)
+        lo = lo.long().unsqueeze(-1)
+        out = torch.zeros(*x.shape, self.num_bins, device=x.device, dtype=x.dtype)
+        out.scatter_(-1, lo, 1 - frac)
+        out.scatter_add_(-1, lo + 1, frac)
+        return out
+
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., num_bins) logits -> (...,) scalars."""
+        return symexp(F.softmax(logits, dim=-1) @ self.bins)
+
+    def soft_ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of logits (..., num_bins) against the two-hot of target (...,)."""
+        return -(self.encode(target) * F.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def squashed_gaussian(mean: torch.Tensor, log_std_raw: torch.Tensor, log_std_min: float,
+                      log_std_max: float, mask: torch.Tensor | None = None):
+    """Sample a tanh-squashed Gaussian. Returns (action, log-prob per action dimension
+    averaged over the used dimensions (..., 1), mean action).
+
+    ``log_std_raw`` is mapped to [log_std_min, log_std_max] through tanh. Dimensions where
+    ``mask`` is 0 give action 0 and do not count in the log-prob.
+    """
+    log_std = log_std_min + 0.5 * (log_std_max - log_std_min) * (torch.tanh(log_std_raw) + 1)
+    eps = torch.randn_like(mean)
+    action = torch.tanh(mean + eps * log_std.exp())
+    log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+                - torch.log(F.relu(1 - action.pow(2)) + 1e-6))
+    mu = torch.tanh(mean)
+    if mask is None:
+        return action, log_prob.mean(-1, keepdim=True), mu
+    dims = mask.sum(-1, keepdim=True)
+    return action * mask, (log_prob * mask).sum(-1, keepdim=True) / dims, mu * mask
+
+
+class RunningScale(torch.nn.Module):
+    """Smoothed 5th–95th percentile range of a quantity (used to scale Q in the policy loss)."""
+
+    def __init__(self, tau: float):
+        super().__init__()
+        self.tau = tau
+        self.register_buffer("value", torch.ones(()))
+        self.register_buffer("q", torch.tensor([0.05, 0.95]))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        lo, hi = torch.quantile(x.detach().flatten().float(), self.q)
+        self.value.lerp_(hi - lo, self.tau)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.value.clamp(min=1.0)
+
+
+class RunningMeanStd(torch.nn.Module):
+    """Exponential running mean and std (momentum m) used to normalise energy logits."""
+
+    def __init__(self, momentum: float, clip: float):
+        super().__init__()
+        self.momentum, self.clip = momentum, clip
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("var", torch.ones(()))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        self.mean.lerp_(x.mean(), 1 - self.momentum)
+        self.var.lerp_(x.var(unbiased=False), 1 - self.momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / (self.var.sqrt() + 1e-6)).clamp(-self.clip, self.clip)

@@ -1,0 +1,143 @@
+"""The model-based diffusion planner (ALGORITHM.md §3) and the score-network sampler (§4).
+
+The planner sees the world model only through ``next / reward / energy / termination_logit /
+Q_avg / pi``. Shapes: E environments (or states), K candidates, H horizon, A action dims,
+L latent dims. Every candidate of every environment is evaluated in one batched call per
+horizon step; there is no Python loop over candidates or environments.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class DiffusionPlanner:
+    def __init__(self, cfg, model):
+        self.cfg, self.model = cfg, model
+        N = cfg.diffusion_steps
+        betas = torch.linspace(cfg.diffusion_beta0, cfg.diffusion_betaT, N, dtype=torch.float64)
+        alphas = 1 - betas
+        self.alphas = alphas.float()
+        self.alphas_bar = torch.cumprod(alphas, 0).float()
+        self.H, self.A = cfg.horizon, cfg.action_dim
+        self.K, self.P = cfg.diffusion_num_samples, cfg.diffusion_num_pi_trajs
+        self.num_elites, self.temperature = cfg.diffusion_num_elites, cfg.diffusion_temperature
+        self.eta = float(cfg.energy_eta)
+
+    def to(self, device) -> "DiffusionPlanner":
+        self.alphas, self.alphas_bar = self.alphas.to(device), self.alphas_bar.to(device)
+        return self
+
+    # -- the imagined return -----------------------------------------------------------
+    def returns(self, z: torch.Tensor, X: torch.Tensor, e, discount: torch.Tensor):
+        """J(X) = Σ_t γ^t [R + η F̂](z_t, a_t) + γ^H Q_avg(z_H, π(z_H)).
+
+        z: (E, L) start latents; X: (E, K, H, A) candidate plans; e: (E, 1, T) or None;
+        discount: (E, 1). Returns (E, K).
+        """
+        model = self.model
+        z = z.unsqueeze(1).expand(-1, X.shape[1], -1)  # (E, K, L)
+        J = torch.zeros(X.shape[:2], device=X.device)
+        gamma = torch.ones_like(discount)
+        alive = None
+        for t in range(self.H):
+            a = X[:, :, t]
+            r = model.reward(z, a, e)
+            if self.eta:
+                r = r + self.eta * model.energy(z, a, e)
+            J = J + gamma * (r if alive is None else r * alive)
+            z = model.next(z, a, e)
+            gamma = gamma * discount
+            if model.termination_head is not None:
+                fired = (model.termination_logit(z, e) > 0).float()
+                alive = (1 - fired) if alive is None else alive * (1 - fired)
+        a, _, _ = model.pi(z, e)
+        q = model.Q_avg(z, a, e)
+        return J + gamma * (q if alive is None else q * alive)
+
+    def policy_rollouts(self, z: torch.Tensor, e, mask) -> torch.Tensor:
+        """P plans (E, P, H, A) proposed by rolling the policy prior out in the model."""
+        z = z.unsqueeze(1).expand(-1, self.P, -1)
+        acts = []
+        for _ in range(self.H):
+            a, _, _ = self.model.pi(z, e, mask)
+            acts.append(a)
+            z = self.model.next(z, a, e)
+        return torch.stack(acts, dim=2)
+
+    # -- one denoising step --------------------------------------------------------------
+    def weighted_mean(self, z, e, mask, discount, x, abar, pi_X, pi_J):
+        """Draw candidates around x/sqrt(ᾱ), score them by J, return the softmax-weighted mean
+        of the elites X̄ (E, H, A). ``abar`` is a scalar or (E, 1, 1, 1)."""
+        E = x.shape[0]
+        n_noise = self.K - self.P
+        eps = torch.randn(E, n_noise, self.H, self.A, device=x.device)
+        X = (x.unsqueeze(1) / abar.sqrt() + ((1 - abar) / abar).sqrt() * eps).clamp(-1, 1)
+        if mask is not None:
+            X = X * mask
+        J = self.returns(z, X, e, discount)
+        if self.P:
+            X, J = torch.cat([pi_X, X], 1), torch.cat([pi_J, J], 1)
+        J = (J - J.mean(1, keepdim=True)) / (J.std(1, keepdim=True) + 1e-6)
+        elite_J, idx = torch.topk(J, self.num_elites, dim=1)  # (E, n_elites)
+        elites = torch.gather(X, 1, idx[:, :, None, None].expand(-1, -1, self.H, self.A))
+        w = torch.softmax(elite_J / self.temperature, dim=1)
+        return (w[:, :, None, None] * elites).sum(1)
+
+    # -- the planner -----------------------------------------------------------------------
+    @torch.no_grad()
+    def plan(self, z, e, mask, discount, mu_warm):
+        """Denoise from the warm start to a plan. z (E, L); e (E, T) or None; mask (E, A) or
+        None; discount (E,); mu_warm (E, H, A). Returns the plan (E, H, A) in [-1, 1]."""
+        e3 = None if e is None else e.unsqueeze(1)
+        m4 = None if mask is None else mask[:, None, None, :]
+        discount = discount.unsqueeze(1)
+        pi_X = pi_J = None
+        if self.P:
+            pi_X = self.policy_rollouts(z, e3, None if mask is None else mask[:, None, :])
+            pi_J = self.returns(z, pi_X, e3, discount)
+        N = len(self.alphas_bar)
+        x = self.alphas_bar[N - 1].sqrt() * mu_warm
+        for i in range(N - 1, 0, -1):
+            abar = self.alphas_bar[i]
+            x_bar = self.weighted_mean(z, e3, m4, discount, x, abar, pi_X, pi_J)
+            score = self.score_from_mean(x, x_bar, abar)  # Monte-Carlo score estimate
+            x = (x + (1 - abar) * score) / self.alphas[i].sqrt()
+        return x.clamp(-1, 1)
+
+    @staticmethod
+    def score_from_mean(x, x_bar, abar):
+        """ŝ = (sqrt(ᾱ_τ)·X̄ - x_τ)/(1 - ᾱ_τ): the Monte-Carlo score of §3."""
+        return (abar.sqrt() * x_bar - x) / (1 - abar)
+
+    @torch.no_grad()
+    def plan_with_score_net(self, z, e, mask, mu_warm):
+        """score_only_inference: N-1 calls of the score network, no world-model rollouts."""
+        N = len(self.alphas_bar)
+        x = self.alphas_bar[N - 1].sqrt() * mu_warm
+        for i in range(N - 1, 0, -1):
+            abar = self.alphas_bar[i]
+            tau = torch.full(x.shape[:1], i, device=x.device)
+            score = self.score_from_mean(x, self.model.denoised_mean(z, e, x, tau), abar)
+            x = (x + (1 - abar) * score) / self.alphas[i].sqrt()
+            if mask is not None:
+                x = x * mask[:, None, :]
+        return x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def score_targets(self, z, e, mask, discount, x0):
+        """Monte-Carlo targets for a batch of B states (§4): τ ~ U[1, N-1], a noisy x_τ of the
+        data plans x0 (B, H, A), and the return-weighted mean X̄ of candidates around it
+        (the score target is score_from_mean(x_τ, X̄, ᾱ_τ)). Returns (x_τ, τ, X̄)."""
+        B, N = x0.shape[0], len(self.alphas_bar)
+        tau = torch.randint(1, N, (B,), device=x0.device)
+        abar = self.alphas_bar[tau][:, None, None]
+        x = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn_like(x0)
+        e3 = None if e is None else e.unsqueeze(1)
+        m4 = None if mask is None else mask[:, None, None, :]
+        discount = discount.unsqueeze(1)
+        pi_X = pi_J = None
+        if self.P:
+            pi_X = self.policy_rollouts(z, e3, None if mask is None else mask[:, None, :])
+            pi_J = self.returns(z, pi_X, e3, discount)
+        x_bar = self.weighted_mean(z, e3, m4, discount, x, abar[..., None], pi_X, pi_J)
+        return x, tau, x_bar

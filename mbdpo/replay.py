@@ -1,0 +1,101 @@
+"""Replay of whole episodes, sampled as sub-trajectories of length H+1.
+
+Episodes are stored in the layout of the TD-MPC2 datasets (ALGORITHM.md §6): entry 0 of an
+episode holds the first observation and NaN action/reward placeholders, so a transition t
+uses obs[t], action[t+1], reward[t+1], obs[t+1]. A sample never crosses an episode boundary.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def subtrajectory_index(starts: torch.Tensor, horizon: int, capacity: int) -> torch.Tensor:
+    """(B,) start entries -> (B, H+1) entry indices (modulo the ring capacity)."""
+    return (starts.unsqueeze(1) + torch.arange(horizon + 1)) % capacity
+
+
+class EpisodeReplay:
+    """A ring of episode entries in preallocated CPU tensors.
+
+    ``steps_left[i]`` counts the entries after i in its episode; ``episode[i]`` is the id of
+    its episode. A start s is valid when steps_left[s] >= H and episode[s] equals
+    episode[s + H] (the latter guards against an old episode partly overwritten by the ring).
+    Sampling draws starts uniformly and rejects invalid ones, so its cost does not depend on
+    the number of stored entries.
+    """
+
+    def __init__(self, capacity: int, obs_shape, action_dim: int, obs_dtype=torch.float32,
+                 seed: int = 0):
+        self.capacity = int(capacity)
+        self.obs = torch.zeros(self.capacity, *obs_shape, dtype=obs_dtype)
+        self.action = torch.zeros(self.capacity, action_dim)
+        self.reward = torch.zeros(self.capacity)
+        self.terminated = torch.zeros(self.capacity)
+        self.task = torch.zeros(self.capacity, dtype=torch.long)
+        self.episode = torch.full((self.capacity,), -1, dtype=torch.long)
+        self.steps_left = torch.full((self.capacity,), -1, dtype=torch.int32)
+        self.ptr, self.size, self.num_episodes = 0, 0, 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def add_episode(self, obs, action, reward, terminated=None, task: int = 0) -> None:
+        """obs (L+1, ...); action (L+1, A) and reward (L+1,) with NaN at entry 0."""
+        n = obs.shape[0]
+        if n > self.capacity:
+            raise ValueError(f"An episode of {n} entries does not fit a replay of capacity "
+                             f"{self.capacity}: raise buffer_size.")
+        idx = (self.ptr + torch.arange(n)) % self.capacity
+        self.obs[idx] = torch.as_tensor(obs, dtype=self.obs.dtype)
+        self.action[idx] = torch.as_tensor(action, dtype=torch.float32)
+        self.reward[idx] = torch.as_tensor(reward, dtype=torch.float32)
+        self.terminated[idx] = (torch.zeros(n) if terminated is None
+                                else torch.as_tensor(terminated, dtype=torch.float32))
+        self.task[idx] = task
+        self.episode[idx] = self.num_episodes
+        self.steps_left[idx] = torch.arange(n - 1, -1, -1, dtype=torch.int32)
+        self.ptr = (self.ptr + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+        self.num_episodes += 1
+
+    def num_transitions(self) -> int:
+        return max(0, self.size - self.num_episodes)
+
+    def sample_starts(self, batch_size: int, horizon: int) -> torch.Tensor:
+        out = torch.empty(0, dtype=torch.long)
+        for _ in range(1000):
+            s = torch.randint(0, self.size, (2 * batch_size,), generator=self.generator)
+            ok = (self.steps_left[s] >= horizon) & (
+                self.episode[s] == self.episode[(s + horizon) % self.capacity])
+            out = torch.cat([out, s[ok]])
+            if len(out) >= batch_size:
+                return out[:batch_size]
+        raise RuntimeError(f"The replay holds no sub-trajectory of length {horizon + 1}.")
+
+    def sample(self, batch_size: int, horizon: int) -> dict:
+        """A batch of sub-trajectories: obs (H+1, B, ...), action/reward/terminated (H, B),
+        task (B,)."""
+        idx = subtrajectory_index(self.sample_starts(batch_size, horizon), horizon,
+                                  self.capacity)
+        nxt = idx[:, 1:]
+        return {"obs": self.obs[idx].transpose(0, 1), "action": self.action[nxt].transpose(0, 1),
+                "reward": self.reward[nxt].T, "terminated": self.terminated[nxt].T,
+                "task": self.task[idx[:, 0]]}
+
+    # -- persistence (resume) ------------------------------------------------------------
+    def state_dict(self) -> dict:
+        n = self.size
+        keys = ("obs", "action", "reward", "terminated", "task", "episode", "steps_left")
+        return {"tensors": {k: getattr(self, k)[:n].clone() for k in keys},
+                "ptr": self.ptr, "size": self.size, "num_episodes": self.num_episodes,
+                "capacity": self.capacity, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        wrapped = state["size"] == state["capacity"] and state["ptr"] != 0
+        if state["size"] > self.capacity or (wrapped and state["capacity"] != self.capacity):
+            raise ValueError(f"The saved replay has capacity {state['capacity']} but this run "
+                             f"has {self.capacity}: resume with the same steps and buffer_size.")
+        n = state["size"]
+        for k, v in state["tensors"].items():
+            getattr(self, k)[:n] = v
+        self.ptr, self.size = (state["ptr"] if wrapped else n % self.capacity), n
+        self.num_episodes = state["num_episodes"]
+        self.generator.set_state(state["generator"])

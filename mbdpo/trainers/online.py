@@ -1,0 +1,246 @@
+"""Online training from scratch on one task (ALGORITHM.md §2: seeding, pretraining burst, one
+update per environment step), with periodic evaluation, checkpoints and resume."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+
+from mbdpo import checkpoint as ckpt
+from mbdpo.agent import MBDPO
+from mbdpo.config import human, num_params, run_dir
+from mbdpo.envs import make_env
+from mbdpo.logging import Logger, save_video
+from mbdpo.replay import EpisodeReplay
+from mbdpo.trainers.evaluate import run_episodes, summarise
+
+
+def fill_env_dims(cfg, env) -> None:
+    """Record the observation and action sizes of the task's environment in the config."""
+    cfg.obs_shape = list(env.observation_space.shape)
+    cfg.obs_dim = int(cfg.obs_shape[0]) if cfg.obs == "state" else 0
+    cfg.action_dim = int(env.action_space.shape[0])
+    cfg.action_dims = [cfg.action_dim]
+    cfg.num_tasks = len(cfg.tasks)
+
+
+class StopRequested:
+    """Ctrl-C / SIGTERM set a flag; the loop saves a checkpoint and exits at the next step."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def __bool__(self):
+        return self.signum is not None
+
+
+class OnlineTrainer:
+    def __init__(self, cfg):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        ckpt.seed_everything(cfg.seed)
+        self.cfg = cfg
+        self.env = make_env(cfg)
+        fill_env_dims(cfg, self.env)
+        self.eval_envs = [make_env(cfg, seed=cfg.seed + 10_000 + i)
+                          for i in range(cfg.eval_episodes)]
+        self.agent = MBDPO(cfg)
+        self.dir = run_dir(cfg)
+        self.model_dir = os.path.join(self.dir, "models")
+        L = cfg.episode_lengths[0]
+        entries = min(cfg.buffer_size, cfg.steps) * (L + 1) // L + L + 1
+        self.buffer = EpisodeReplay(entries, cfg.obs_shape, cfg.action_dim,
+                                    torch.uint8 if cfg.obs == "rgb" else torch.float32,
+                                    seed=cfg.seed)
+        self.step, self.episode, self.updates = 0, 0, 0
+        self.pretrained = False
+        self.elapsed_before = 0.0
+        self._save_at_boundary = False
+        self.last_eval_step = -1
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _state(self, step: int) -> dict:
+        from omegaconf import OmegaConf
+        return {"agent": self.agent.state_dict(), "config": OmegaConf.to_container(self.cfg),
+                "step": step, "episode": self.episode, "updates": self.updates,
+                "pretrained": self.pretrained, "rng": ckpt.rng_state(),
+                "last_eval_step": self.last_eval_step,
+                "elapsed": self.elapsed_before + time.time() - self.t_start}
+
+    def save(self, step: int, names=()) -> str:
+        """Write replay + latest.pt (what resume reads) and link it under ``names``."""
+        latest = os.path.join(self.model_dir, "latest.pt")
+        ckpt.atomic_save(self.buffer.state_dict(), os.path.join(self.model_dir, "replay.pt"))
+        ckpt.atomic_save(self._state(step), latest)
+        for name in names:
+            ckpt.atomic_link(latest, os.path.join(self.model_dir, name))
+        return latest
+
+    def _resume(self) -> int | None:
+        path = os.path.join(self.model_dir, "latest.pt")
+        if not os.path.exists(path):
+            print(f"resume=true but {path} does not exist: starting a new run.")
+            return None
+        state = ckpt.load(path)
+        ckpt.check_compatible(self.cfg, state["config"], path)
+        self.agent.load_state_dict(state["agent"])
+        replay = torch.load(os.path.join(self.model_dir, "replay.pt"), weights_only=True)
+        self.buffer.load_state_dict(replay)
+        self.step, self.episode, self.updates = state["step"], state["episode"], state["updates"]
+        self.pretrained, self.elapsed_before = state["pretrained"], state["elapsed"]
+        self.last_eval_step = state["last_eval_step"]
+        ckpt.set_rng_state(state["rng"])
+        print(f"Resumed from {path} at step {self.step:,} ({self.buffer.num_episodes} episodes "
+              f"in replay).")
+        return self.step
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        video = 0 if self.cfg.save_video else None
+        result = run_episodes(self.agent, self.eval_envs, video_env=video,
+                              seed=self.cfg.seed + 10_000)
+        if result["frames"]:
+            save_video(result["frames"], os.path.join(self.dir, "videos", f"{self.step}.mp4"))
+        return summarise(result)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg = self.cfg
+        self.t_start = time.time()
+        resume_step = self._resume() if cfg.resume else None
+        self.logger = Logger(cfg, self.dir, resume_step,
+                             None if resume_step is None else self.last_eval_step)
+        n = num_params(self.agent.model) - num_params(self.agent.model.Qs_target)
+        print(f"MBDPO on {cfg.task} ({cfg.obs}): {human(n)} learnable parameters, "
+              f"device {cfg.device}, {cfg.steps:,} steps -> {self.dir}")
+        last_eval = None
+        with StopRequested() as stop:
+            last_eval = self._loop(stop)
+        self.logger.finish()
+        return last_eval
+
+    def _loop(self, stop):
+        cfg = self.cfg
+        seed_steps = cfg.seed_steps
+        rate_t, rate_step = time.time(), self.step
+        eval_next = self.step % cfg.eval_freq == 0 and self.last_eval_step < self.step
+        last_eval, ep, obs, t = None, None, None, 0
+        losses = {}
+        while True:
+            if ep is None or ep["done"]:
+                if ep is not None:  # an episode ended: store it, log it
+                    self._finish_episode(ep)
+                if eval_next or self.step >= cfg.steps:
+                    last_eval = self._eval_and_log(rate_t, rate_step)
+                    eval_next = False
+                if self.step >= cfg.steps:
+                    self.save(self.step, names=["final.pt"])
+                    print(f"Done: {self.step:,} steps. Final checkpoint in {self.model_dir}")
+                    return last_eval
+                if self._save_at_boundary:
+                    self._save_at_boundary = False
+                    self.save(self.step, names=[f"{self.step}.pt"])
+                obs, _ = self.env.reset(seed=cfg.seed * 1_000_003 + self.episode)
+                ep = {"obs": [obs], "action": [], "reward": [], "terminated": [],
+                      "success": None, "done": False, "start": self.step}
+                t = 0
+            if stop:
+                return self._interrupted(ep)
+            if self.step >= seed_steps and self.buffer.num_episodes:
+                action = self.agent.act(torch.as_tensor(obs).unsqueeze(0),
+                                        torch.tensor([t == 0])).squeeze(0).cpu().numpy()
+            else:
+                action = self.env.action_space.sample()
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            ep["obs"].append(obs)
+            ep["action"].append(action)
+            ep["reward"].append(reward)
+            ep["terminated"].append(float(terminated))
+            if "success" in info:
+                ep["success"] = float(info["success"])
+            ep["done"] = terminated or truncated
+            t += 1
+            if self.step >= seed_steps and self.buffer.num_episodes:
+                n = 1 if self.pretrained else seed_steps  # the pretraining burst on seed data
+                if not self.pretrained:
+                    print(f"Pretraining on {self.buffer.num_transitions():,} seed transitions: "
+                          f"{n:,} updates.")
+                for i in range(n):
+                    losses = self.agent.update(self.buffer.sample(cfg.batch_size, cfg.horizon))
+                    self.updates += 1
+                    if stop:
+                        break
+                self.pretrained = True
+            self.step += 1
+            if self.step % cfg.eval_freq == 0:
+                eval_next = True
+            if self.step % cfg.log_freq == 0:
+                now = time.time()
+                sps = (self.step - rate_step) / max(now - rate_t, 1e-9)
+                vals = {k: float(v) for k, v in losses.items() if k in (
+                    "consistency_loss", "value_loss", "energy_loss", "pi_loss")}
+                print(self.logger.progress_line("train", self.step, cfg.steps, sps, **vals),
+                      flush=True)
+            if cfg.save_model_every and self.step % cfg.save_model_every == 0 and \
+                    self.step < cfg.steps:
+                self._save_at_boundary = True
+
+    def _finish_episode(self, ep) -> None:
+        cfg = self.cfg
+        L = len(ep["action"])
+        A = cfg.action_dim
+        nan = np.full((1, A), np.nan, dtype=np.float32)
+        self.buffer.add_episode(
+            torch.as_tensor(np.stack(ep["obs"])),
+            torch.as_tensor(np.concatenate([nan, np.stack(ep["action"]).astype(np.float32)])),
+            torch.as_tensor([np.nan] + ep["reward"], dtype=torch.float32),
+            torch.as_tensor([0.0] + ep["terminated"]))
+        self.episode += 1
+        row = {"step": self.step, "episode": self.episode,
+               "episode_reward": float(np.sum(ep["reward"])), "episode_length": L}
+        if ep["success"] is not None:
+            row["episode_success"] = ep["success"]
+        row["elapsed_time"] = self.elapsed_before + time.time() - self.t_start
+        self.logger.log("train", row, self.step)
+
+    def _eval_and_log(self, rate_t, rate_step) -> dict:
+        t0 = time.time()
+        row = {"step": self.step, "episode": self.episode, **self.evaluate()}
+        row["elapsed_time"] = self.elapsed_before + time.time() - self.t_start
+        self.logger.log("eval", row, self.step)
+        self.last_eval_step = self.step
+        sps = (self.step - rate_step) / max(t0 - rate_t, 1e-9)
+        extra = {"reward": row["episode_reward"]}
+        if "episode_success" in row:
+            extra["success"] = row["episode_success"]
+        extra["eval_s"] = f"{time.time() - t0:.1f}"
+        print(self.logger.progress_line("eval", self.step, self.cfg.steps, sps, **extra),
+              flush=True)
+        if self.step and self.step < self.cfg.steps and not self._save_at_boundary:
+            self.save(self.step)  # latest.pt for resume after a crash
+        return row
+
+    def _interrupted(self, ep) -> dict:
+        step = ep["start"]  # the partial episode is dropped; resume redoes it
+        path = self.save(step)
+        print(f"\nStopped: saved {path} at step {step:,} (the unfinished episode is "
+              f"dropped); continue with resume=true.", flush=True)
+        raise SystemExit(130)

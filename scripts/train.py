@@ -1,0 +1,20 @@
+"""Train MBDPO. Online on one task: python scripts/train.py task=dog-run
+Multi-task offline: python scripts/train.py task=mt80 multitask=true data_dir=offline_dataset/mt80
+"""
+import hydra
+
+from mbdpo.cli import run
+
+
+def job(cfg):
+    from mbdpo.trainers.online import OnlineTrainer
+    return OnlineTrainer(cfg).train()
+
+
+@hydra.main(config_path="../cfgs", config_name="config", version_base=None)
+def main(cfg):
+    run(cfg, job)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+import torch
+
+from mbdpo import checkpoint as ckpt
+from mbdpo.agent import MBDPO
+from mbdpo.replay import EpisodeReplay
+from tests.conftest import make_cfg
+
+
+def fixed_batch(cfg, B=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    H, A = cfg.horizon, cfg.action_dim
+    obs = torch.randn(H + 1, B, cfg.obs_dim, generator=g)
+    w = torch.randn(cfg.obs_dim, A, generator=g)
+    return {"obs": obs,
+            "action": torch.tanh(obs[:-1] @ w),  # a deterministic behaviour policy
+            "reward": torch.rand(H, B, generator=g),
+            "terminated": torch.zeros(H, B), "task": None}
+
+
+def test_losses_fall_on_a_fixed_batch(small_cfg):
+    torch.manual_seed(0)
+    agent = MBDPO(small_cfg)
+    batch = fixed_batch(small_cfg)
+    first = {k: v.item() for k, v in agent.update(batch).items()}
+    for _ in range(60):
+        last = {k: v.item() for k, v in agent.update(batch).items()}
+    # the energy classifier mines the hardest negative, so its loss falls least
+    for key, factor in (("consistency_loss", 0.7), ("reward_loss", 0.7), ("value_loss", 0.7),
+                        ("energy_loss", 0.95)):
+        assert last[key] < factor * first[key], (key, first[key], last[key])
+
+
+def test_energy_learns_to_prefer_replay_actions(small_cfg):
+    """After training, F scores the replay actions above uniform random ones."""
+    torch.manual_seed(0)
+    agent = MBDPO(small_cfg)
+    batch = fixed_batch(small_cfg)
+    batch["action"] = batch["action"].clamp(-0.2, 0.2) * 0 + 0.5  # the data always acts 0.5
+    for _ in range(80):
+        agent.update(batch)
+    m = agent.model
+    z = m.encode(batch["obs"][0], None).detach()
+    pos = m.energy_logit(z, torch.full((32, 1), 0.5), None).mean()
+    neg = m.energy_logit(z, torch.full((32, 1), -0.8), None).mean()
+    assert pos > neg + 0.1, (pos.item(), neg.item())
+
+
+def test_act_shapes_bounds_and_warm_start(small_cfg):
+    agent = MBDPO(small_cfg)
+    obs = torch.randn(3, small_cfg.obs_dim)
+    a = agent.act(obs, torch.tensor([True, True, True]))
+    assert a.shape == (3, 1) and a.abs().max() <= 1
+    assert agent.warm["train"].shape == (3, small_cfg.horizon, 1)
+    a2 = agent.act(obs, torch.tensor([False, False, False]), eval_mode=True, stream="eval")
+    assert a2.shape == (3, 1) and "eval" in agent.warm
+
+
+def test_score_network_trains_and_acts():
+    cfg = make_cfg("task=cartpole-balance", "model_size=1", "use_score_network=true",
+                   "score_only_inference=true", "diffusion_num_samples=32",
+                   "diffusion_num_elites=8", "diffusion_num_pi_trajs=4", "diffusion_steps=5")
+    torch.manual_seed(0)
+    agent = MBDPO(cfg)
+    batch = fixed_batch(cfg)
+    first = agent.update(batch)["score_loss"].item()
+    for _ in range(40):
+        last = agent.update(batch)["score_loss"].item()
+    assert last < first
+    a = agent.act(torch.randn(2, cfg.obs_dim), torch.tensor([True, True]))
+    assert a.shape == (2, 1) and torch.isfinite(a).all()
+
+
+def test_checkpoint_round_trip_bit_for_bit(small_cfg, tmp_path):
+    torch.manual_seed(0)
+    agent = MBDPO(small_cfg)
+    batch = fixed_batch(small_cfg)
+    for _ in range(3):
+        agent.update(batch)
+    agent.act(torch.randn(1, small_cfg.obs_dim), torch.tensor([True]))
+    path = str(tmp_path / "a.pt")
+    ckpt.atomic_save({"agent": agent.state_dict(), "config": {"model_size": 1}, "step": 7,
+                      "rng": ckpt.rng_state()}, path)
+    state = ckpt.load(path)
+    other = MBDPO(small_cfg)
+    other.load_state_dict(state["agent"])
+    a, b = agent.state_dict(), other.state_dict()
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for group_a, group_b in zip(a["optim"]["state"].values(), b["optim"]["state"].values()):
+        for k in group_a:
+            assert torch.equal(group_a[k], group_b[k])
+    assert torch.equal(a["warm"]["train"], b["warm"]["train"])
+    # the same update from the same state and RNG gives the same numbers
+    ckpt.set_rng_state(state["rng"])
+    la = agent.update(batch)
+    ckpt.set_rng_state(state["rng"])
+    lb = other.update(batch)
+    assert all(torch.equal(la[k], lb[k]) for k in la)
+
+
+def test_safe_load_refuses_pickled_objects(tmp_path):
+
+    path = tmp_path / "evil.pt"
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"agent": Evil(), "config": {}}, path)
+    try:
+        ckpt.load(str(path))
+    except ckpt.CheckpointError as err:
+        assert "not a checkpoint written by this project" in str(err)
+    else:
+        raise AssertionError("an arbitrary object was unpickled")
+
+
+def test_truncated_checkpoint_is_explained(small_cfg, tmp_path):
+    agent = MBDPO(small_cfg)
+    path = tmp_path / "t.pt"
+    ckpt.atomic_save({"agent": agent.state_dict(), "config": {}}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    try:
+        ckpt.load(str(path))
+    except ckpt.CheckpointError as err:
+        assert "truncated, corrupt" in str(err)
+    else:
+        raise AssertionError
+
+
+def test_replay_never_crosses_episode_boundaries():
+    rb = EpisodeReplay(capacity=50, obs_shape=(1,), action_dim=1)
+    lengths = [7, 12, 5, 9, 20, 3, 15]  # wraps around the ring
+    for ep, L in enumerate(lengths):
+        obs = torch.full((L + 1, 1), float(ep))
+        act = torch.cat([torch.full((1, 1), float("nan")), torch.full((L, 1), float(ep))])
+        rew = torch.cat([torch.tensor([float("nan")]), torch.arange(L, dtype=torch.float)])
+        rb.add_episode(obs, act, rew, task=ep)
+    for _ in range(20):
+        b = rb.sample(64, 3)
+        ep_of = b["obs"][:, :, 0]  # (H+1, B)
+        assert (ep_of == ep_of[0]).all()
+        assert torch.isfinite(b["action"]).all() and torch.isfinite(b["reward"]).all()
+        assert (b["action"][:, :, 0] == ep_of[1:]).all()
+        assert (b["task"].float() == ep_of[0]).all()
+        # rewards are consecutive steps of the episode
+        assert (b["reward"][1:] - b["reward"][:-1] == 1).all()
+    # the oldest, overwritten episodes are never sampled whole-ring stale
+    state = rb.state_dict()
+    rb2 = EpisodeReplay(capacity=50, obs_shape=(1,), action_dim=1)
+    rb2.load_state_dict(state)
+    assert torch.equal(rb2.obs, rb.obs) and rb2.ptr == rb.ptr

@@ -1,0 +1,180 @@
+"""The command line, end to end, on real DMControl tasks: training writes CSVs and checkpoints,
+resume continues without duplicated rows, a signal saves before exiting, evaluate.py loads the
+checkpoint, and user mistakes get one clear sentence."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+TINY = ["model_size=1", "diffusion_num_samples=32", "diffusion_num_elites=8",
+        "diffusion_num_pi_trajs=4", "diffusion_steps=4", "batch_size=32", "mlp_dim=64",
+        "enc_dim=64", "latent_dim=32", "eval_episodes=2", "log_freq=250", "threads=1"]
+
+
+def cli(script, *args, timeout=900, check=True):
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", MUJOCO_GL="egl",
+               PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def state_run(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("logs"))
+    out = cli("train.py", "task=cartpole-balance", "steps=1000", "seed_steps=500",
+              "eval_freq=500", "save_model_every=500", f"work_dir={work}", "exp_name=t", *TINY)
+    return work, os.path.join(work, "cartpole-balance", "1", "t"), out.stdout
+
+
+@pytest.mark.slow
+def test_train_writes_csvs_and_checkpoints(state_run):
+    _, run, stdout = state_run
+    train, ev = rows(os.path.join(run, "train.csv")), rows(os.path.join(run, "eval.csv"))
+    assert [int(r["step"]) for r in train] == [500, 1000]
+    assert [int(r["step"]) for r in ev] == [0, 500, 1000]
+    for r in train + ev:
+        assert 0 <= float(r["episode_reward"]) <= 1000
+    assert "episode_success" not in ev[0]  # DMControl reports no success
+    models = os.listdir(os.path.join(run, "models"))
+    assert {"final.pt", "500.pt", "latest.pt", "replay.pt"} <= set(models)
+    state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
+    assert state["step"] == 1000 and state["config"]["model_size"] == 1
+    assert {"model", "optim", "pi_optim", "scale", "warm"} <= set(state["agent"])
+    assert "steps/s" in stdout and "ETA" in stdout and "Pretraining on" in stdout
+
+
+@pytest.mark.slow
+def test_evaluate_loads_checkpoint(state_run):
+    _, run, _ = state_run
+    ck = os.path.join(run, "models", "final.pt")
+    out = cli("evaluate.py", "task=cartpole-balance", f"checkpoint={ck}", "eval_episodes=2",
+              "save_video=true", *TINY)
+    assert "cartpole-balance: reward" in out.stdout and "over 2 episodes" in out.stdout
+    ev = rows(os.path.join(run, "models", "eval_final.csv"))
+    assert ev[-1]["task"] == "cartpole-balance" and float(ev[-1]["episode_reward"]) >= 0
+    assert os.path.getsize(os.path.join(run, "models", "eval_final_cartpole-balance.mp4")) > 1000
+
+
+@pytest.mark.slow
+def test_evaluate_names_the_mismatching_setting(state_run):
+    _, run, _ = state_run
+    ck = os.path.join(run, "models", "final.pt")
+    args = [a for a in TINY if not a.startswith("mlp_dim")] + ["mlp_dim=128"]
+    out = cli("evaluate.py", "task=cartpole-balance", f"checkpoint={ck}", *args, check=False)
+    assert out.returncode == 2
+    assert "mlp_dim is 64 in the checkpoint but 128 here" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
+    import shutil
+    work, run, _ = state_run
+    copy = str(tmp_path / "logs")
+    shutil.copytree(work, copy)
+    out = cli("train.py", "task=cartpole-balance", "steps=1500", "seed_steps=500",
+              "eval_freq=500", "save_model_every=500", f"work_dir={copy}", "exp_name=t",
+              "resume=true", *TINY)
+    assert "Resumed from" in out.stdout and "at step 1,000" in out.stdout
+    run2 = os.path.join(copy, "cartpole-balance", "1", "t")
+    steps = [int(r["step"]) for r in rows(os.path.join(run2, "eval.csv"))]
+    assert steps == [0, 500, 1000, 1500]
+    assert [int(r["step"]) for r in rows(os.path.join(run2, "train.csv"))] == [500, 1000, 1500]
+    state = torch.load(os.path.join(run2, "models", "final.pt"), weights_only=True)
+    assert state["step"] == 1500 and state["episode"] == 3
+    replay = torch.load(os.path.join(run2, "models", "replay.pt"), weights_only=True)
+    assert replay["num_episodes"] == 3 and replay["size"] == 3 * 501
+
+
+@pytest.mark.slow
+def test_sigterm_saves_checkpoint_then_resume(tmp_path):
+    work = str(tmp_path)
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "task=cartpole-balance",
+         "steps=5000", "seed_steps=500", "eval_freq=100000", f"work_dir={work}",
+         "exp_name=sig", *TINY], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:  # wait until learning has started, past the first episode
+        lines.append(line)
+        if "step       750" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "Stopped: saved" in rest and "resume=true" in rest
+    run = os.path.join(work, "cartpole-balance", "1", "sig")
+    state = torch.load(os.path.join(run, "models", "latest.pt"), weights_only=True)
+    assert state["step"] == 500  # the unfinished second episode is dropped
+    assert [int(r["step"]) for r in rows(os.path.join(run, "train.csv"))] == [500]
+
+
+@pytest.mark.slow
+def test_pixel_training_runs(tmp_path):
+    out = cli("train.py", "task=cartpole-swingup", "obs=rgb", "steps=500", "seed_steps=250",
+              "eval_freq=500", "eval_episodes=1", "save_model_every=0", f"work_dir={tmp_path}",
+              "exp_name=px", *[a for a in TINY if not a.startswith("eval_episodes")])
+    run = os.path.join(str(tmp_path), "cartpole-swingup", "1", "px")
+    assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 500]
+    state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
+    assert state["config"]["obs_shape"] == [9, 64, 64]
+    assert any(k.startswith("encoder.convs") for k in state["agent"]["model"])
+    assert "(rgb)" in out.stdout
+
+
+@pytest.mark.slow
+def test_wandb_offline(tmp_path):
+    cli("train.py", "task=cartpole-balance", "steps=500", "seed_steps=250", "eval_freq=500",
+        "save_model_every=0", f"work_dir={tmp_path}", "exp_name=wb", "enable_wandb=true",
+        "wandb_mode=offline", *TINY)
+    run = os.path.join(str(tmp_path), "cartpole-balance", "1", "wb")
+    runs = [d for d in os.listdir(os.path.join(run, "wandb")) if d.startswith("offline-run")]
+    assert len(runs) == 1
+    assert os.path.exists(os.path.join(run, "wandb_id.txt"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["task=cartpole-balanse"], "Unknown task 'cartpole-balanse'. Did you mean cartpole-balance"),
+    (["task=dog-rn"], "Did you mean dog-run"),
+    (["model_size=3"], "Bad value model_size=3: expected one of 1, 5, 19, 48, 317."),
+    (["steps=-5"], "Bad value steps=-5: expected a positive integer."),
+    (["obs=depth"], "Bad value obs='depth': expected state or rgb."),
+    (["device=tpu"], "Bad value device='tpu'"),
+    (["task=mt30"], "task=mt30 is a task set: add multitask=true"),
+    (["diffusion_num_elites=1000"], "expected at most diffusion_num_samples (512)"),
+])
+def test_bad_input_gets_one_clear_sentence(args, message):
+    out = cli("train.py", *args, check=False, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_checkpoint_is_explained():
+    out = cli("evaluate.py", "task=cartpole-balance", "checkpoint=/nope/final.pt", check=False,
+              timeout=120)
+    assert out.returncode == 2
+    assert "Checkpoint /nope/final.pt does not exist" in out.stderr
+
+
+def test_contrastive_eta_alias():
+    from tests.conftest import make_cfg
+    cfg = make_cfg("task=cartpole-balance", "contrastive_eta=0.7")
+    assert cfg.energy_eta == 0.7
+    assert make_cfg("task=cartpole-balance").device == "cpu"  # device=auto without CUDA
