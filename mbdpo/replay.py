@@ -27,7 +27,8 @@ class EpisodeReplay:
     def __init__(self, capacity: int, obs_shape, action_dim: int, obs_dtype=torch.float32,
                  seed: int = 0):
         self.capacity = int(capacity)
-        self.obs = torch.zeros(self.capacity, *obs_shape, dtype=obs_dtype)
+        # empty, not zeros: pages are committed only as episodes are written
+        self.obs = torch.empty(self.capacity, *obs_shape, dtype=obs_dtype)
         self.action = torch.zeros(self.capacity, action_dim)
         self.reward = torch.zeros(self.capacity)
         self.terminated = torch.zeros(self.capacity)

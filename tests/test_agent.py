@@ -151,3 +151,21 @@ def test_replay_never_crosses_episode_boundaries():
     rb2 = EpisodeReplay(capacity=50, obs_shape=(1,), action_dim=1)
     rb2.load_state_dict(state)
     assert torch.equal(rb2.obs, rb.obs) and rb2.ptr == rb.ptr
+
+
+def test_model_sizes_match_the_paper():
+    """World-model parameters (mt80 sizes: obs 39, action 6, task_dim 96, 80 tasks) are the
+    TD-MPC2 sizes; with the energy network they span the paper's 1.7M to 340M."""
+    from mbdpo.config import num_params
+    from mbdpo.world_model import WorldModel
+    expect = {1: (1.44, 1.67), 5: (5.39, 5.97), 19: (18.97, 20.92), 48: (48.79, 53.57),
+              317: (317.38, 340.24)}
+    for size, (wm, total) in expect.items():
+        cfg = make_cfg("task=mt80", "multitask=true", f"model_size={size}", obs_dim=39,
+                       action_dim=6)
+        cfg.action_dims = [6] * 80
+        with torch.device("meta"):
+            m = WorldModel(cfg)
+        learnable = num_params(m) - num_params(m.Qs_target)
+        assert abs(learnable / 1e6 - total) < 0.01, (size, learnable)
+        assert abs((learnable - num_params(m.energy_head)) / 1e6 - wm) < 0.01, size

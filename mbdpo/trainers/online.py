@@ -59,6 +59,7 @@ class OnlineTrainer:
         ckpt.seed_everything(cfg.seed)
         self.cfg = cfg
         self.env = make_env(cfg)
+        self.env.action_space.seed(cfg.seed)  # the random seeding actions
         fill_env_dims(cfg, self.env)
         self.eval_envs = [make_env(cfg, seed=cfg.seed + 10_000 + i)
                           for i in range(cfg.eval_episodes)]
