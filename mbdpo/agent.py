@@ -132,7 +132,7 @@ class MBDPO:
         self.optim.step()
 
         # 5. policy prior step on detached latents
-        out["pi_loss"] = self._pi_step(zs.detach(), e, mask)
+        out["pi_loss"] = self._pi_step(zs.detach(), None if e is None else e.detach(), mask)
 
         # 6. target network
         m.update_target(cfg.tau)

@@ -99,6 +99,10 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
             cfg[k] = v
     if not cfg.multitask:
         cfg.task_dim = 0
+    elif task == "mt30" and cfg.task_dim == 96 and cfg.model_size in (5, 19, 48):
+        cfg.task_dim = 64  # the published mt30 models use 64 at these sizes, 96 at 1 and 317
+    if task == "mt30" and cfg.model_size == 19 and cfg.latent_dim == 768:
+        cfg.latent_dim = 512  # likewise the published mt30 size-19 model
 
     for key in ("steps", "batch_size", "horizon", "num_bins", "enc_dim", "mlp_dim", "latent_dim",
                 "num_enc_layers", "num_q", "num_channels", "simnorm_dim", "diffusion_steps",

@@ -7,6 +7,9 @@ from mbdpo.cli import run
 
 
 def job(cfg):
+    if cfg.multitask:
+        from mbdpo.trainers.offline import OfflineTrainer
+        return OfflineTrainer(cfg).train()
     from mbdpo.trainers.online import OnlineTrainer
     return OnlineTrainer(cfg).train()
 

@@ -111,3 +111,34 @@ class PixelStack(Wrapper):
         self._stack[:-3] = self._stack[3:]
         self._stack[-3:] = self._frame()
         return self._stack.copy(), reward, terminated, truncated, info
+
+
+class PadObsAction(Wrapper):
+    """Present a task to a multi-task model: observations zero-padded to ``obs_dim``, actions
+    of the model's ``action_dim`` cut to the task's own size before they reach the env."""
+
+    def __init__(self, env: gym.Env, obs_dim: int, action_dim: int):
+        super().__init__(env)
+        self.task_obs_dim = int(env.observation_space.shape[0])
+        self.task_action_dim = int(env.action_space.shape[0])
+        if self.task_obs_dim > obs_dim or self.task_action_dim > action_dim:
+            raise ValueError(
+                f"the task has {self.task_obs_dim} observation and {self.task_action_dim} action "
+                f"dimensions, more than the model's {obs_dim} and {action_dim}")
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), dtype=np.float32)
+        self._obs = np.zeros(obs_dim, dtype=np.float32)
+
+    def _pad(self, obs):
+        out = self._obs.copy()
+        out[:self.task_obs_dim] = obs
+        return out
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._pad(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(
+            np.asarray(action)[:self.task_action_dim])
+        return self._pad(obs), reward, terminated, truncated, info

@@ -7,8 +7,11 @@ import torch
 
 
 def run_episodes(agent, envs, task: int | None = None, video_env: int | None = None,
-                 seed: int | None = None) -> dict:
-    """One episode in each of ``envs``. Returns rewards (E,), successes (E,) or None, frames."""
+                 seed: int | None = None, record: bool = False) -> dict:
+    """One episode in each of ``envs``, acting for all of them with one batched call per step
+    (uniform random actions when ``agent`` is None). Returns rewards (E,), successes (E,) or
+    None (success at the last step, as the published curves count it), frames, and with
+    ``record`` the episodes themselves (obs (L+1, ...), action (L, A), reward (L,))."""
     E = len(envs)
     obs = [env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(envs)]
     rewards = np.zeros(E)
@@ -16,15 +19,19 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
     has_success = False
     done = np.zeros(E, dtype=bool)
     frames = [] if video_env is not None else None
-    task_t = None if task is None else torch.full((E,), task, dtype=torch.long,
-                                                   device=agent.device)
+    episodes = [{"obs": [o], "action": [], "reward": []} for o in obs] if record else None
+    task_t = None
+    if task is not None and agent is not None:
+        task_t = torch.full((E,), task, dtype=torch.long, device=agent.device)
     t = 0
     while not done.all():
         if frames is not None and not done[video_env]:
             frames.append(envs[video_env].render())
-        obs_t = torch.as_tensor(np.stack(obs))
-        actions = agent.act(obs_t, torch.full((E,), t == 0), task_t, eval_mode=True,
-                            stream="eval").cpu().numpy()
+        if agent is None:
+            actions = np.stack([env.action_space.sample() for env in envs])
+        else:
+            actions = agent.act(torch.as_tensor(np.stack(obs)), torch.full((E,), t == 0),
+                                task_t, eval_mode=True, stream="eval").cpu().numpy()
         for i, env in enumerate(envs):
             if done[i]:
                 continue
@@ -34,9 +41,65 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
                 has_success = True
                 success[i] = float(info["success"])  # at the episode's last step
             done[i] = terminated or truncated
+            if record:
+                episodes[i]["obs"].append(obs[i])
+                episodes[i]["action"].append(actions[i])
+                episodes[i]["reward"].append(r)
         t += 1
+    if record:
+        episodes = [{k: np.asarray(v, dtype=np.float32) for k, v in ep.items()}
+                    for ep in episodes]
     return {"rewards": rewards, "successes": success if has_success else None,
-            "frames": frames}
+            "frames": frames, "episodes": episodes}
+
+
+def normalized_score(task: str, row: dict) -> float:
+    """The TD-MPC2 papers' per-task score: success x 100 where a task reports success
+    (Meta-World, ManiSkill2, MyoSuite), else episode return / 10 (DMControl)."""
+    if "episode_success" in row:
+        return 100.0 * row["episode_success"]
+    return row["episode_reward"] / 10.0
+
+
+def task_envs(cfg, task: str, n: int, seed: int):
+    """``n`` environments of ``task`` as the config's model sees them (padded when multi-task)."""
+    from mbdpo.envs import make_env
+    from mbdpo.envs.wrappers import PadObsAction
+    envs = [make_env(cfg, task=task, seed=seed + i) for i in range(n)]
+    if cfg.multitask:
+        envs = [PadObsAction(e, cfg.obs_dim, cfg.action_dim) for e in envs]
+    return envs
+
+
+def evaluate_tasks(agent, cfg, tasks: list[str], episodes: int, seed: int,
+                   progress: bool = True) -> list[dict]:
+    """Evaluate a (multi-task) agent on each of ``tasks`` (names of cfg.tasks), ``episodes``
+    episodes per task run in lockstep. One row per task with its normalized score."""
+    from tqdm import tqdm
+    rows = []
+    bar = tqdm(tasks, desc="Evaluating", unit="task", disable=not progress, leave=False)
+    for name in bar:
+        bar.set_postfix_str(name)
+        envs = task_envs(cfg, name, episodes, seed)
+        result = run_episodes(agent, envs, task=list(cfg.tasks).index(name), seed=seed)
+        for env in envs:
+            env.close()
+        row = {"task": name, **summarise(result)}
+        row["score"] = normalized_score(name, row)
+        rows.append(row)
+    return rows
+
+
+def print_task_table(rows: list[dict], step: int | None = None) -> float:
+    """Per-task table and the mean normalized score (returned)."""
+    head = f"Evaluated {len(rows)} tasks" + (f" at step {step:,}" if step is not None else "")
+    print(head)
+    for r in rows:
+        succ = f"  success {100 * r['episode_success']:5.1f}%" if "episode_success" in r else ""
+        print(f"  {r['task']:<28} reward {r['episode_reward']:8.1f}{succ}  score {r['score']:6.1f}")
+    score = float(np.mean([r["score"] for r in rows]))
+    print(f"  {'normalized score':<28} {score:.1f}", flush=True)
+    return score
 
 
 def summarise(result: dict) -> dict:
@@ -47,14 +110,24 @@ def summarise(result: dict) -> dict:
     return row
 
 
+def load_agent(cfg, path: str, state: dict | None = None):
+    """An agent with the networks of checkpoint ``path``; the config must agree on every
+    setting that shapes a network (the message names the first that does not)."""
+    from mbdpo import checkpoint as ckpt
+    from mbdpo.agent import MBDPO
+    state = state or ckpt.load(path)
+    ckpt.check_compatible(cfg, state["config"], path)
+    agent = MBDPO(cfg)
+    agent.model.load_state_dict(state["agent"]["model"])
+    return agent
+
+
 def evaluate_checkpoint(cfg) -> dict:
     """scripts/evaluate.py: load ``cfg.checkpoint``, run ``eval_episodes`` episodes of
     ``cfg.task`` in lockstep, print mean and std, append them to a CSV next to the checkpoint."""
     import os
 
     from mbdpo import checkpoint as ckpt
-    from mbdpo.agent import MBDPO
-    from mbdpo.envs import make_env
     from mbdpo.logging import CSVLog, save_video
     from mbdpo.trainers.online import fill_env_dims
 
@@ -62,11 +135,9 @@ def evaluate_checkpoint(cfg) -> dict:
         torch.set_num_threads(cfg.threads)
     state = ckpt.load(cfg.checkpoint)
     ckpt.seed_everything(cfg.seed)
-    envs = [make_env(cfg, seed=cfg.seed + 10_000 + i) for i in range(cfg.eval_episodes)]
+    envs = task_envs(cfg, cfg.task, cfg.eval_episodes, cfg.seed + 10_000)
     fill_env_dims(cfg, envs[0])
-    ckpt.check_compatible(cfg, state["config"], cfg.checkpoint)
-    agent = MBDPO(cfg)
-    agent.model.load_state_dict(state["agent"]["model"])
+    agent = load_agent(cfg, cfg.checkpoint, state)
     result = run_episodes(agent, envs, video_env=0 if cfg.save_video else None,
                           seed=cfg.seed + 10_000)
     row = {"step": state.get("step", 0), "task": cfg.task, "seed": cfg.seed,

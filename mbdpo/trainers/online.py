@@ -3,18 +3,17 @@ update per environment step), with periodic evaluation, checkpoints and resume."
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import numpy as np
 import torch
 
-from mbdpo import checkpoint as ckpt
 from mbdpo.agent import MBDPO
-from mbdpo.config import human, num_params, run_dir
+from mbdpo.config import human, num_params
 from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
 from mbdpo.replay import EpisodeReplay
+from mbdpo.trainers.base import StopRequested, Trainer
 from mbdpo.trainers.evaluate import run_episodes, summarise
 
 
@@ -27,91 +26,31 @@ def fill_env_dims(cfg, env) -> None:
     cfg.num_tasks = len(cfg.tasks)
 
 
-class StopRequested:
-    """Ctrl-C / SIGTERM set a flag; the loop saves a checkpoint and exits at the next step."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-    def __bool__(self):
-        return self.signum is not None
-
-
-class OnlineTrainer:
+class OnlineTrainer(Trainer):
     def __init__(self, cfg):
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        ckpt.seed_everything(cfg.seed)
-        self.cfg = cfg
+        super().__init__(cfg)
         self.env = make_env(cfg)
         self.env.action_space.seed(cfg.seed)  # the random seeding actions
         fill_env_dims(cfg, self.env)
         self.eval_envs = [make_env(cfg, seed=cfg.seed + 10_000 + i)
                           for i in range(cfg.eval_episodes)]
         self.agent = MBDPO(cfg)
-        self.dir = run_dir(cfg)
-        self.model_dir = os.path.join(self.dir, "models")
         L = cfg.episode_lengths[0]
         entries = min(cfg.buffer_size, cfg.steps) * (L + 1) // L + L + 1
         self.buffer = EpisodeReplay(entries, cfg.obs_shape, cfg.action_dim,
                                     torch.uint8 if cfg.obs == "rgb" else torch.float32,
                                     seed=cfg.seed)
-        self.step, self.episode, self.updates = 0, 0, 0
-        self.pretrained = False
-        self.elapsed_before = 0.0
+        self.episode, self.updates, self.pretrained = 0, 0, False
         self._save_at_boundary = False
-        self.last_eval_step = -1
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def _state(self, step: int) -> dict:
-        from omegaconf import OmegaConf
-        return {"agent": self.agent.state_dict(), "config": OmegaConf.to_container(self.cfg),
-                "step": step, "episode": self.episode, "updates": self.updates,
-                "pretrained": self.pretrained, "rng": ckpt.rng_state(),
-                "last_eval_step": self.last_eval_step,
-                "elapsed": self.elapsed_before + time.time() - self.t_start}
+    def counters(self) -> dict:
+        return {"episode": self.episode, "updates": self.updates, "pretrained": self.pretrained}
 
-    def save(self, step: int, names=()) -> str:
-        """Write replay + latest.pt (what resume reads) and link it under ``names``."""
-        latest = os.path.join(self.model_dir, "latest.pt")
-        ckpt.atomic_save(self.buffer.state_dict(), os.path.join(self.model_dir, "replay.pt"))
-        ckpt.atomic_save(self._state(step), latest)
-        for name in names:
-            ckpt.atomic_link(latest, os.path.join(self.model_dir, name))
-        return latest
+    def extra_state(self) -> dict:
+        return {"replay.pt": self.buffer.state_dict()}
 
-    def _resume(self) -> int | None:
-        path = os.path.join(self.model_dir, "latest.pt")
-        if not os.path.exists(path):
-            print(f"resume=true but {path} does not exist: starting a new run.")
-            return None
-        state = ckpt.load(path)
-        ckpt.check_compatible(self.cfg, state["config"], path)
-        self.agent.load_state_dict(state["agent"])
-        replay = torch.load(os.path.join(self.model_dir, "replay.pt"), weights_only=True)
-        self.buffer.load_state_dict(replay)
-        self.step, self.episode, self.updates = state["step"], state["episode"], state["updates"]
-        self.pretrained, self.elapsed_before = state["pretrained"], state["elapsed"]
-        self.last_eval_step = state["last_eval_step"]
-        ckpt.set_rng_state(state["rng"])
-        print(f"Resumed from {path} at step {self.step:,} ({self.buffer.num_episodes} episodes "
-              f"in replay).")
-        return self.step
+    def load_extra_state(self, name, state) -> None:
+        self.buffer.load_state_dict(state)
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -125,8 +64,10 @@ class OnlineTrainer:
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> dict:
         cfg = self.cfg
-        self.t_start = time.time()
-        resume_step = self._resume() if cfg.resume else None
+        resume_step = None
+        if cfg.resume and self.resume() is not None:
+            resume_step = self.step
+            print(f"{self.buffer.num_episodes} episodes in replay.")
         self.logger = Logger(cfg, self.dir, resume_step,
                              None if resume_step is None else self.last_eval_step)
         n = num_params(self.agent.model) - num_params(self.agent.model.Qs_target)
@@ -154,6 +95,10 @@ class OnlineTrainer:
                     eval_next = False
                 if self.step >= cfg.steps:
                     self.save(self.step, names=["final.pt"])
+                    if cfg.save_replay:
+                        from mbdpo.datasets import export_replay
+                        paths = export_replay(self.buffer, os.path.join(self.dir, "replay"))
+                        print(f"Replay exported in the dataset format: {', '.join(paths)}")
                     print(f"Done: {self.step:,} steps. Final checkpoint in {self.model_dir}")
                     return last_eval
                 if self._save_at_boundary:
@@ -219,13 +164,13 @@ class OnlineTrainer:
                "episode_reward": float(np.sum(ep["reward"])), "episode_length": L}
         if ep["success"] is not None:
             row["episode_success"] = ep["success"]
-        row["elapsed_time"] = self.elapsed_before + time.time() - self.t_start
+        row["elapsed_time"] = self.elapsed()
         self.logger.log("train", row, self.step)
 
     def _eval_and_log(self, rate_t, rate_step) -> dict:
         t0 = time.time()
         row = {"step": self.step, "episode": self.episode, **self.evaluate()}
-        row["elapsed_time"] = self.elapsed_before + time.time() - self.t_start
+        row["elapsed_time"] = self.elapsed()
         self.logger.log("eval", row, self.step)
         self.last_eval_step = self.step
         sps = (self.step - rate_step) / max(t0 - rate_t, 1e-9)
@@ -240,8 +185,4 @@ class OnlineTrainer:
         return row
 
     def _interrupted(self, ep) -> dict:
-        step = ep["start"]  # the partial episode is dropped; resume redoes it
-        path = self.save(step)
-        print(f"\nStopped: saved {path} at step {step:,} (the unfinished episode is "
-              f"dropped); continue with resume=true.", flush=True)
-        raise SystemExit(130)
+        self.interrupted(ep["start"])  # the unfinished episode is dropped; resume redoes it

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 
-import numpy as np
+
 from dm_control.rl import control
 from dm_control.suite import ball_in_cup, base, cheetah, common, hopper, pendulum, reacher, walker
 

@@ -1,0 +1,131 @@
+"""Multi-task offline pretraining on a TD-MPC2 dataset (mt30, mt80, mt70): ``steps`` gradient
+updates on sub-trajectories sampled from the memory-mapped store, periodic evaluation on every
+task of the set with a per-task table and the normalized score, checkpoints, resume."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from mbdpo.agent import MBDPO
+from mbdpo.config import ConfigError, human, num_params
+from mbdpo.envs import make_env
+from mbdpo.logging import CSVLog, Logger
+from mbdpo.trainers.base import StopRequested, Trainer
+from mbdpo.trainers.evaluate import evaluate_tasks, print_task_table
+
+
+def fill_multitask_dims(cfg, obs_dim: int, action_dim: int) -> None:
+    """Model sizes from the data (padded dims); each task's own action size from its env."""
+    cfg.obs_dim, cfg.obs_shape, cfg.action_dim = int(obs_dim), [int(obs_dim)], int(action_dim)
+    dims = []
+    for task in cfg.tasks:
+        env = make_env(cfg, task=task, seed=cfg.seed)
+        o, a = env.observation_space.shape[0], env.action_space.shape[0]
+        env.close()
+        if o > cfg.obs_dim or a > cfg.action_dim:
+            raise ConfigError(f"Task {task} has {o} observation and {a} action dimensions but the "
+                              f"dataset holds {cfg.obs_dim} and {cfg.action_dim}: check that "
+                              f"data_dir holds the {cfg.task} dataset.")
+        dims.append(int(a))
+    cfg.action_dims = dims
+    cfg.num_tasks = len(cfg.tasks)
+
+
+def eval_task_list(cfg) -> list[str]:
+    tasks = list(cfg.get("eval_tasks") or cfg.tasks)
+    unknown = [t for t in tasks if t not in cfg.tasks]
+    if unknown:
+        raise ConfigError(f"eval_tasks has {', '.join(unknown)}, not in task set {cfg.task}: "
+                          f"pick tasks of the set (python -m mbdpo.tasks lists them).")
+    return tasks
+
+
+def write_metadata(cfg, folder: str) -> None:
+    """Facts about a run a reader of its numbers needs (e.g. Meta-World environment version)."""
+    meta = {"task": cfg.task, "tasks": list(cfg.tasks), "seed": cfg.seed,
+            "model_size": cfg.model_size, "obs": cfg.obs}
+    if any(t.startswith("mw-") for t in cfg.tasks):
+        meta["metaworld_env_version"] = "v3"
+        meta["note"] = ("Meta-World tasks were evaluated on metaworld's -v3 environments; the "
+                        "TD-MPC2 datasets were recorded on -v2.")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metadata.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+class OfflineTrainer(Trainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from mbdpo.offline import OfflineStore, prepare_store
+        if not cfg.data_dir:
+            raise ConfigError(f"task={cfg.task} multitask=true pretrains offline: pass "
+                              f"data_dir=offline_dataset/{cfg.task} (see offline_dataset/README.md).")
+        self.store = OfflineStore(prepare_store(str(cfg.data_dir)), seed=cfg.seed)
+        fill_multitask_dims(cfg, self.store.obs_dim, self.store.action_dim)
+        self.eval_tasks = eval_task_list(cfg)
+        self.agent = MBDPO(cfg)
+
+    def train(self):
+        cfg = self.cfg
+        resume_step = None
+        if cfg.resume and self.resume() is not None:
+            resume_step = self.step
+        self.logger = Logger(cfg, self.dir, resume_step,
+                             None if resume_step is None else self.last_eval_step)
+        self.task_csv = CSVLog(os.path.join(self.dir, "eval_tasks.csv"),
+                               None if resume_step is None else self.last_eval_step)
+        write_metadata(cfg, self.dir)
+        n = num_params(self.agent.model) - num_params(self.agent.model.Qs_target)
+        print(f"MBDPO offline on {cfg.task} ({len(cfg.tasks)} tasks, "
+              f"{self.store.num_transitions:,} transitions): {human(n)} learnable parameters, "
+              f"device {cfg.device}, {cfg.steps:,} updates -> {self.dir}")
+        with StopRequested() as stop:
+            result = self._loop(stop)
+        self.logger.finish()
+        return result
+
+    def _loop(self, stop):
+        cfg = self.cfg
+        rate_t, rate_step = time.time(), self.step
+        losses, result = {}, None
+        while True:
+            if self.step % cfg.eval_freq == 0 and self.last_eval_step < self.step \
+                    or self.step >= cfg.steps:
+                result = self._evaluate()
+            if self.step >= cfg.steps:
+                self.save(self.step, names=["final.pt"])
+                print(f"Done: {self.step:,} updates. Final checkpoint in {self.model_dir}")
+                return result
+            if stop:
+                self.interrupted(self.step)
+            losses = self.agent.update(self.store.sample(cfg.batch_size, cfg.horizon))
+            self.step += 1
+            if self.step % cfg.log_freq == 0:
+                sps = (self.step - rate_step) / max(time.time() - rate_t, 1e-9)
+                row = {"step": self.step, **{k: float(v) for k, v in losses.items()},
+                       "elapsed_time": self.elapsed()}
+                self.logger.log("train", row, self.step)
+                shown = {k: row[k] for k in ("consistency_loss", "reward_loss", "value_loss",
+                                             "energy_loss") if k in row}
+                print(self.logger.progress_line("train", self.step, cfg.steps, sps, **shown),
+                      flush=True)
+            if cfg.save_model_every and self.step % cfg.save_model_every == 0 \
+                    and self.step < cfg.steps:
+                self.save(self.step, names=[f"{self.step}.pt"])
+
+    def _evaluate(self) -> dict:
+        cfg = self.cfg
+        rows = evaluate_tasks(self.agent, cfg, self.eval_tasks, cfg.eval_episodes,
+                              seed=cfg.seed + 10_000)
+        score = print_task_table(rows, self.step)
+        for r in rows:
+            self.task_csv.write({"step": self.step, **r})
+        row = {"step": self.step, "score": score,
+               "episode_reward": sum(r["episode_reward"] for r in rows) / len(rows),
+               "elapsed_time": self.elapsed()}
+        self.logger.log("eval", row, self.step)
+        self.last_eval_step = self.step
+        if 0 < self.step < cfg.steps:
+            self.save(self.step)
+        return row
