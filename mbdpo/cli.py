@@ -6,9 +6,10 @@ import sys
 from mbdpo.checkpoint import CheckpointError
 from mbdpo.config import ConfigError, parse_cfg
 from mbdpo.envs import MissingSuiteError
+from mbdpo.offline import DatasetError
 from mbdpo.tasks import UnknownTaskError
 
-USER_ERRORS = (ConfigError, UnknownTaskError, CheckpointError, MissingSuiteError)
+USER_ERRORS = (ConfigError, UnknownTaskError, CheckpointError, MissingSuiteError, DatasetError)
 
 
 def run(cfg, job):

@@ -84,10 +84,9 @@ class DiffusionPlanner:
         return (w[:, :, None, None] * elites).sum(1)
 
     # -- the planner -----------------------------------------------------------------------
-    @torch.no_grad()
-    def plan(self, z, e, mask, discount, mu_warm):
-        """Denoise from the warm start to a plan. z (E, L); e (E, T) or None; mask (E, A) or
-        None; discount (E,); mu_warm (E, H, A). Returns the plan (E, H, A) in [-1, 1]."""
+    def _context(self, z, e, mask, discount):
+        """Shapes for candidate batches, and the policy-prior plans with their returns (they
+        do not depend on the diffusion step, so they are rolled out once per call)."""
         e3 = None if e is None else e.unsqueeze(1)
         m4 = None if mask is None else mask[:, None, None, :]
         discount = discount.unsqueeze(1)
@@ -95,6 +94,13 @@ class DiffusionPlanner:
         if self.P:
             pi_X = self.policy_rollouts(z, e3, None if mask is None else mask[:, None, :])
             pi_J = self.returns(z, pi_X, e3, discount)
+        return e3, m4, discount, pi_X, pi_J
+
+    @torch.no_grad()
+    def plan(self, z, e, mask, discount, mu_warm):
+        """Denoise from the warm start to a plan. z (E, L); e (E, T) or None; mask (E, A) or
+        None; discount (E,); mu_warm (E, H, A). Returns the plan (E, H, A) in [-1, 1]."""
+        e3, m4, discount, pi_X, pi_J = self._context(z, e, mask, discount)
         N = len(self.alphas_bar)
         x = self.alphas_bar[N - 1].sqrt() * mu_warm
         for i in range(N - 1, 0, -1):
@@ -132,12 +138,6 @@ class DiffusionPlanner:
         tau = torch.randint(1, N, (B,), device=x0.device)
         abar = self.alphas_bar[tau][:, None, None]
         x = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn_like(x0)
-        e3 = None if e is None else e.unsqueeze(1)
-        m4 = None if mask is None else mask[:, None, None, :]
-        discount = discount.unsqueeze(1)
-        pi_X = pi_J = None
-        if self.P:
-            pi_X = self.policy_rollouts(z, e3, None if mask is None else mask[:, None, :])
-            pi_J = self.returns(z, pi_X, e3, discount)
+        e3, m4, discount, pi_X, pi_J = self._context(z, e, mask, discount)
         x_bar = self.weighted_mean(z, e3, m4, discount, x, abar[..., None], pi_X, pi_J)
         return x, tau, x_bar

@@ -61,10 +61,17 @@ class OfflineTrainer(Trainer):
         if not cfg.data_dir:
             raise ConfigError(f"task={cfg.task} multitask=true pretrains offline: pass "
                               f"data_dir=offline_dataset/{cfg.task} (see offline_dataset/README.md).")
-        self.store = OfflineStore(prepare_store(str(cfg.data_dir)), seed=cfg.seed)
+        store_dir = prepare_store(str(cfg.data_dir), num_tasks=len(cfg.tasks))
+        self.store = OfflineStore(store_dir, seed=cfg.seed)
         fill_multitask_dims(cfg, self.store.obs_dim, self.store.action_dim)
         self.eval_tasks = eval_task_list(cfg)
         self.agent = MBDPO(cfg)
+
+    def extra_state(self) -> dict:
+        return {"sampler.pt": self.store.state_dict()}
+
+    def load_extra_state(self, name, state) -> None:
+        self.store.load_state_dict(state)
 
     def train(self):
         cfg = self.cfg
