@@ -95,7 +95,7 @@ def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
     assert steps == [0, 500, 1000, 1500]
     assert [int(r["step"]) for r in rows(os.path.join(run2, "train.csv"))] == [500, 1000, 1500]
     state = torch.load(os.path.join(run2, "models", "final.pt"), weights_only=True)
-    assert state["step"] == 1500 and state["episode"] == 3
+    assert state["step"] == 1500 and state["counters"]["episode"] == 3
     replay = torch.load(os.path.join(run2, "models", "replay.pt"), weights_only=True)
     assert replay["num_episodes"] == 3 and replay["size"] == 3 * 501
 
@@ -177,3 +177,48 @@ def test_contrastive_eta_alias():
     cfg = make_cfg("task=cartpole-balance", "contrastive_eta=0.7")
     assert cfg.energy_eta == 0.7
     assert make_cfg("task=cartpole-balance").device == "cpu"  # device=auto without CUDA
+
+
+@pytest.fixture(scope="module")
+def mt30_data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("mt30"))
+    cli("make_dataset.py", "task=mt30", "episodes_per_task=1", f"out={out}", "threads=1")
+    return out
+
+
+@pytest.mark.slow
+def test_make_dataset_writes_published_format(mt30_data):
+    from mbdpo.offline import read_chunk
+    d = read_chunk(os.path.join(mt30_data, "chunk_0.pt"))
+    assert tuple(d["obs"].shape) == (30, 501, 24) and tuple(d["action"].shape) == (30, 501, 6)
+    assert d["task"].dtype == torch.int32 and d["task"][:, 0].tolist() == list(range(30))
+    assert torch.isnan(d["action"][:, 0]).all() and torch.isnan(d["reward"][:, 0]).all()
+    assert not torch.isnan(d["action"][:, 1:]).any()
+    assert (d["action"][0, 1:, 6 - 0:] == 0).all()
+    # walker-stand (6 action dims) uses all six, cartpole-balance (task 8) only the first
+    assert (d["action"][8, 1:, 1:] == 0).all() and d["action"][8, 1:, 0].abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_offline_pretraining_and_resume(mt30_data, tmp_path):
+    args = ["task=mt30", "multitask=true", f"data_dir={mt30_data}", "eval_freq=40",
+            "eval_episodes=1", "eval_tasks=[cartpole-balance,walker-walk]", "log_freq=20",
+            f"work_dir={tmp_path}",
+            *[a for a in TINY if not a.startswith(("eval_episodes", "log_freq"))]]
+    out = cli("train.py", "steps=40", *args)
+    assert "Evaluated 2 tasks at step 40" in out.stdout and "normalized score" in out.stdout
+    run = os.path.join(str(tmp_path), "mt30", "1", "default")
+    assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 40]
+    per_task = rows(os.path.join(run, "eval_tasks.csv"))
+    assert [r["task"] for r in per_task] == ["cartpole-balance", "walker-walk"] * 2
+    assert float(per_task[0]["score"]) == pytest.approx(float(per_task[0]["episode_reward"]) / 10)
+    assert [int(r["step"]) for r in rows(os.path.join(run, "train.csv"))] == [20, 40]
+    out = cli("train.py", "steps=80", "resume=true", *args)
+    assert "Resumed from" in out.stdout and "at step 40" in out.stdout
+    assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 40, 80]
+    assert os.path.exists(os.path.join(mt30_data, "store", "meta.json"))
+
+
+def test_offline_needs_data_dir():
+    out = cli("train.py", "task=mt30", "multitask=true", check=False, timeout=120)
+    assert out.returncode == 2 and "pass data_dir=offline_dataset/mt30" in out.stderr
