@@ -1,7 +1,10 @@
 """Evaluate a checkpoint: python scripts/evaluate.py task=dog-run checkpoint=PATH eval_episodes=10"""
 import hydra
 
-from mbdpo.cli import run
+import os
+import sys
+
+from mbdpo.cli import check_overrides, run
 
 
 def job(cfg):
@@ -15,4 +18,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], os.path.join(os.path.dirname(__file__), "..", "cfgs"))
     main()

@@ -6,7 +6,10 @@ rollouts: random actions, or a trained agent with checkpoint=PATH.
 """
 import hydra
 
-from mbdpo.cli import run
+import os
+import sys
+
+from mbdpo.cli import check_overrides, run
 from mbdpo.tasks import TASK_SETS
 
 
@@ -22,4 +25,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], os.path.join(os.path.dirname(__file__), "..", "cfgs"))
     main()

@@ -44,4 +44,6 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    from mbdpo.cli import check_overrides
+    check_overrides(sys.argv[1:], os.path.join(os.path.dirname(__file__), "..", "cfgs"))
     main()

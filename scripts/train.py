@@ -3,7 +3,10 @@ Multi-task offline: python scripts/train.py task=mt80 multitask=true data_dir=of
 """
 import hydra
 
-from mbdpo.cli import run
+import os
+import sys
+
+from mbdpo.cli import check_overrides, run
 
 
 def job(cfg):
@@ -20,4 +23,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], os.path.join(os.path.dirname(__file__), "..", "cfgs"))
     main()

@@ -157,6 +157,7 @@ def test_wandb_offline(tmp_path):
     (["device=tpu"], "Bad value device='tpu'"),
     (["task=mt30"], "task=mt30 is a task set: add multitask=true"),
     (["diffusion_num_elites=1000"], "expected at most diffusion_num_samples (512)"),
+    (["stepz=10"], "Unknown setting 'stepz'. Did you mean steps"),
 ])
 def test_bad_input_gets_one_clear_sentence(args, message):
     out = cli("train.py", *args, check=False, timeout=120)
