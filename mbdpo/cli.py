@@ -1,6 +1,7 @@
 """What the thin scripts share: validate the config, run, turn user mistakes into one sentence."""
 from __future__ import annotations
 
+import os
 import sys
 
 from mbdpo.checkpoint import CheckpointError
@@ -21,15 +22,14 @@ def run(cfg, job):
         raise SystemExit(2)
 
 
-def check_overrides(argv: list[str], config_path: str) -> None:
+def check_overrides(argv: list[str], config_dir: str) -> None:
     """Before Hydra parses the command line: an unknown ``key=value`` is named with the closest
     known settings, in one sentence (Hydra's own message suggests ``+key``, which the code would
     then ignore)."""
     import difflib
-    import os
 
     from omegaconf import OmegaConf
-    known = set(OmegaConf.load(os.path.join(config_path, "config.yaml")).keys())
+    known = set(OmegaConf.load(os.path.join(config_dir, "config.yaml")).keys())
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
@@ -40,3 +40,21 @@ def check_overrides(argv: list[str], config_path: str) -> None:
             print(f"error: Unknown setting '{key}'.{hint} Every setting is listed in "
                   f"cfgs/config.yaml.", file=sys.stderr, flush=True)
             raise SystemExit(2)
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfgs")
+
+
+def entry(job, before_parse=None) -> None:
+    """The body of every script: check the overrides, compose cfgs/config.yaml with Hydra,
+    apply ``before_parse(cfg)`` if given, then ``run(cfg, job)``."""
+    import hydra
+
+    @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)
+    def main(cfg):
+        if before_parse is not None:
+            before_parse(cfg)
+        run(cfg, job)
+
+    check_overrides(sys.argv[1:], CONFIG_DIR)
+    main()

@@ -1,10 +1,5 @@
 """Evaluate a checkpoint: python scripts/evaluate.py task=dog-run checkpoint=PATH eval_episodes=10"""
-import hydra
-
-import os
-import sys
-
-from mbdpo.cli import check_overrides, run
+from mbdpo.cli import entry
 
 
 def job(cfg):
@@ -12,11 +7,5 @@ def job(cfg):
     return evaluate_checkpoint(cfg)
 
 
-@hydra.main(config_path="../cfgs", config_name="config", version_base=None)
-def main(cfg):
-    run(cfg, job)
-
-
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], os.path.join(os.path.dirname(__file__), "..", "cfgs"))
-    main()
+    entry(job)

@@ -134,7 +134,7 @@ def test_pixel_training_runs(tmp_path):
     state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
     assert state["config"]["obs_shape"] == [9, 64, 64]
     assert any(k.startswith("encoder.convs") for k in state["agent"]["model"])
-    assert "(rgb)" in out.stdout
+    assert "(rgb," in out.stdout
 
 
 @pytest.mark.slow

@@ -102,6 +102,18 @@ class Trainer:
         print(f"Resumed from {path} at step {self.step:,}.")
         return state
 
+    def run_loop(self, what: str):
+        """Print the start-up line (with the real parameter count), run ``self._loop`` with
+        Ctrl-C / SIGTERM caught, close the logger."""
+        from mbdpo.config import human, num_params
+        m = self.agent.model
+        print(f"MBDPO {what}: {human(num_params(m) - num_params(m.Qs_target))} learnable "
+              f"parameters, device {self.cfg.device} -> {self.dir}", flush=True)
+        with StopRequested() as stop:
+            result = self._loop(stop)
+        self.logger.finish()
+        return result
+
     def interrupted(self, step: int) -> None:
         path = self.save(step)
         print(f"\nStopped: saved {path} at step {step:,}; continue with resume=true.",

@@ -8,10 +8,10 @@ import os
 import time
 
 from mbdpo.agent import MBDPO
-from mbdpo.config import ConfigError, human, num_params
+from mbdpo.config import ConfigError
 from mbdpo.envs import make_env
 from mbdpo.logging import CSVLog, Logger
-from mbdpo.trainers.base import StopRequested, Trainer
+from mbdpo.trainers.base import Trainer
 from mbdpo.trainers.evaluate import evaluate_tasks, print_task_table
 
 
@@ -83,14 +83,8 @@ class OfflineTrainer(Trainer):
         self.task_csv = CSVLog(os.path.join(self.dir, "eval_tasks.csv"),
                                None if resume_step is None else self.last_eval_step)
         write_metadata(cfg, self.dir)
-        n = num_params(self.agent.model) - num_params(self.agent.model.Qs_target)
-        print(f"MBDPO offline on {cfg.task} ({len(cfg.tasks)} tasks, "
-              f"{self.store.num_transitions:,} transitions): {human(n)} learnable parameters, "
-              f"device {cfg.device}, {cfg.steps:,} updates -> {self.dir}")
-        with StopRequested() as stop:
-            result = self._loop(stop)
-        self.logger.finish()
-        return result
+        return self.run_loop(f"offline on {cfg.task} ({len(cfg.tasks)} tasks, "
+                             f"{self.store.num_transitions:,} transitions, {cfg.steps:,} updates)")
 
     def _loop(self, stop):
         cfg = self.cfg

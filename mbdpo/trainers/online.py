@@ -9,11 +9,10 @@ import numpy as np
 import torch
 
 from mbdpo.agent import MBDPO
-from mbdpo.config import human, num_params
 from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
 from mbdpo.replay import EpisodeReplay
-from mbdpo.trainers.base import StopRequested, Trainer
+from mbdpo.trainers.base import Trainer
 from mbdpo.trainers.evaluate import run_episodes, summarise
 
 
@@ -70,14 +69,7 @@ class OnlineTrainer(Trainer):
             print(f"{self.buffer.num_episodes} episodes in replay.")
         self.logger = Logger(cfg, self.dir, resume_step,
                              None if resume_step is None else self.last_eval_step)
-        n = num_params(self.agent.model) - num_params(self.agent.model.Qs_target)
-        print(f"MBDPO on {cfg.task} ({cfg.obs}): {human(n)} learnable parameters, "
-              f"device {cfg.device}, {cfg.steps:,} steps -> {self.dir}")
-        last_eval = None
-        with StopRequested() as stop:
-            last_eval = self._loop(stop)
-        self.logger.finish()
-        return last_eval
+        return self.run_loop(f"on {cfg.task} ({cfg.obs}, {cfg.steps:,} steps)")
 
     def _loop(self, stop):
         cfg = self.cfg
