@@ -16,6 +16,7 @@ import platform
 import sys
 import time
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -82,7 +83,7 @@ def bench_size(size: int, overrides: list[str], online_steps: int) -> dict:
             obs.append(o)
             acts.append(torch.as_tensor(a))
             rews.append(r)
-        buf.add_episode(torch.as_tensor(obs), torch.stack(acts), torch.tensor(rews))
+        buf.add_episode(torch.as_tensor(np.stack(obs)), torch.stack(acts), torch.tensor(rews))
 
     obs0 = torch.as_tensor(env.reset()[0]).unsqueeze(0)
     t0 = torch.tensor([False])
