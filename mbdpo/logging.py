@@ -71,9 +71,6 @@ class Logger:
             self.wandb.log({f"{name}/{k}": _fmt(v) for k, v in row.items() if k != "step"},
                            step=step)
 
-    def console(self, line: str) -> None:
-        print(line, flush=True)
-
     def progress_line(self, kind: str, step: int, total: int, steps_per_sec: float,
                       **values) -> str:
         eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("inf")

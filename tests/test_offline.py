@@ -432,3 +432,24 @@ def test_cli_prepares_a_store_and_reports_bad_folders_in_one_sentence(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Store ready" in proc.stdout and "task set mt80" in proc.stdout
     assert os.path.isfile(os.path.join(data, "store", "meta.json"))
+
+
+def test_online_replay_exports_in_the_dataset_format(tmp_path):
+    """save_replay=true: complete episodes of the online replay become a chunk that the
+    safe reader loads back with the same numbers (NaN entry 0, task id 0)."""
+    from mbdpo.datasets import export_replay
+    from mbdpo.offline import read_chunk
+    from mbdpo.replay import EpisodeReplay
+    rb = EpisodeReplay(capacity=40, obs_shape=(2,), action_dim=1)
+    for ep in range(5):  # 5 episodes of 11 entries in a ring of 40: the oldest are overwritten
+        obs = torch.full((11, 2), float(ep))
+        act = torch.cat([torch.full((1, 1), float("nan")), torch.full((10, 1), float(ep))])
+        rew = torch.cat([torch.tensor([float("nan")]), torch.arange(10, dtype=torch.float)])
+        rb.add_episode(obs, act, rew)
+    paths = export_replay(rb, str(tmp_path / "replay"))
+    d = read_chunk(paths[0])
+    assert tuple(d["obs"].shape) == (3, 11, 2)  # episodes 2, 3, 4 are complete
+    assert sorted(d["obs"][:, 0, 0].tolist()) == [2.0, 3.0, 4.0]
+    assert torch.isnan(d["action"][:, 0]).all() and torch.isnan(d["reward"][:, 0]).all()
+    assert (d["reward"][:, 1:] == torch.arange(10, dtype=torch.float)).all()
+    assert (d["task"] == 0).all()
