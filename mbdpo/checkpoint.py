@@ -61,11 +61,10 @@ def load(path: str, map_location="cpu") -> dict:
                               "(checkpoints are written to logs/<task>/<seed>/<exp_name>/models/).")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file, or one holding arbitrary objects
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception:  # corrupt file, or one holding objects other than tensors
         raise CheckpointError(
-            f"Could not load {path} as an MBDPO checkpoint ({first[:200]}); it is truncated, "
-            "corrupt, or not a checkpoint written by this project.") from None
+            f"Could not load {path} as an MBDPO checkpoint: it is truncated, corrupt, or not a "
+            "checkpoint written by this project.") from None
     if not isinstance(state, dict) or "agent" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not an MBDPO checkpoint (it has no agent state or "
                               "config): pass a .pt file from a models/ folder.")
