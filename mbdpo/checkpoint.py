@@ -92,6 +92,27 @@ def check_compatible(cfg, saved_cfg: dict, path: str = "the checkpoint") -> None
                               f"{saved_cfg.get('task')}; pass task={saved_cfg.get('task')}.")
 
 
+# What a checkpoint's networks are built from. Evaluation and fine-tuning take these from the
+# checkpoint's config (except those given on the command line, which must then agree).
+NET_KEYS = ("model_size", "obs", "enc_dim", "mlp_dim", "latent_dim", "num_enc_layers", "num_q",
+            "num_bins", "vmin", "vmax", "task_dim", "simnorm_dim", "num_channels", "horizon",
+            "use_score_network", "diffusion_time_embed_dim", "dropout", "log_std_min",
+            "log_std_max")
+# A multi-task checkpoint's task set and the per-task values that go with it.
+TASK_SET_KEYS = ("obs_dim", "obs_shape", "action_dim", "episodic", "tasks", "action_dims",
+                 "discounts", "episode_lengths", "num_tasks")
+
+
+def adopt_model_config(cfg, saved: dict, keep=()) -> None:
+    """Set the network settings of ``cfg`` (all but those in ``keep``) and, for a multi-task
+    checkpoint, its task set, from the checkpoint's config ``saved``."""
+    keys = NET_KEYS + (TASK_SET_KEYS if saved.get("multitask") else ())
+    for key in keys:
+        if key in saved and key not in keep:
+            cfg[key] = saved[key]
+    cfg.multitask = bool(saved.get("multitask", False))
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].copy()),

@@ -116,7 +116,8 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
                 "diffusion_num_pi_trajs"):
         _non_negative_number(cfg, key)
     for key in ("multitask", "use_score_network", "score_only_inference", "resume",
-                "save_video", "save_replay", "enable_wandb", "compile"):
+                "save_video", "save_replay", "enable_wandb", "compile", "load_checkpoint",
+                "compare_scratch"):
         _bool(cfg, key)
     _check(isinstance(cfg.task_dim, int) and cfg.task_dim >= 0, "task_dim", cfg.task_dim,
            "expected an integer >= 0")
@@ -146,6 +147,8 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
         raise ConfigError("score_only_inference=true needs use_score_network=true.")
     if cfg.threads is not None:
         _positive_int(cfg, "threads")
+    _check(isinstance(cfg.seed_episodes, int) and cfg.seed_episodes >= 0, "seed_episodes",
+           cfg.seed_episodes, "expected an integer >= 0")
     cfg.device = str(resolve_device(str(cfg.device)))
 
     # derived per-task values

@@ -34,6 +34,16 @@ class CSVLog:
                         w.writerows(keep)
                 os.replace(tmp, path)
 
+    def write_all(self, rows: list[dict]) -> None:
+        """Several rows at once; a new file gets the union of their columns (e.g. a task table
+        where only some tasks report success)."""
+        if self.fields is None and rows:
+            self.fields = list(dict.fromkeys(k for r in rows for k in r))
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields).writeheader()
+        for row in rows:
+            self.write(row)
+
     def write(self, row: dict) -> None:
         new = self.fields is None
         if new:
@@ -73,7 +83,7 @@ class Logger:
 
     def progress_line(self, kind: str, step: int, total: int, steps_per_sec: float,
                       **values) -> str:
-        eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+        eta = max(total - step, 0) / steps_per_sec if steps_per_sec > 0 else float("inf")
         vals = "  ".join(f"{k} {_fmt(float(v)) if not isinstance(v, str) else v}"
                          for k, v in values.items())
         return (f"[{kind}] step {step:>9,}/{total:,}  {vals}  {steps_per_sec:6.1f} steps/s  "

@@ -78,14 +78,24 @@ def mlp(in_dim: int, hidden: list[int], out_dim: int, last_act: nn.Module | None
     layers: list[nn.Module] = [NormedLinear(dims[i], dims[i + 1], dropout=dropout * (i == 0))
                                for i in range(len(hidden))]
     if last_act is None:
-        last = nn.Linear(dims[-1], out_dim)
-        if zero_last:
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-        layers.append(last)
+        layers.append(nn.Linear(dims[-1], out_dim))
     else:
         layers.append(NormedLinear(dims[-1], out_dim, act=last_act))
+    for layer in layers:
+        init_linear(layer.weight, layer.bias)
+    if zero_last:
+        nn.init.zeros_(layers[-1].weight)
     return nn.Sequential(*layers)
+
+
+def init_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """The TD-MPC2 family's initialisation: truncated normal weights (std 0.02), zero biases.
+    Every linear layer is followed by a LayerNorm or is an output head, so this small scale
+    sets how fast Adam moves the weights relative to their size (PyTorch's default uniform
+    init is about 2.5x larger at these widths and learns measurably slower)."""
+    nn.init.trunc_normal_(weight, std=0.02)
+    if bias is not None:
+        nn.init.zeros_(bias)
 
 
 class Ensemble(nn.Module):
@@ -108,14 +118,10 @@ class Ensemble(nn.Module):
         for i in range(len(dims) - 1):
             w = torch.empty(n, dims[i], dims[i + 1])
             b = torch.empty(n, 1, dims[i + 1])
+            init_linear(w, b)
             last = i == len(dims) - 2
-            for m in range(n):  # same init as nn.Linear for each member
-                ref = nn.Linear(dims[i], dims[i + 1])
-                w[m] = ref.weight.detach().T
-                b[m, 0] = ref.bias.detach()
-            if last:
+            if last:  # zero-initialised output layer
                 w.zero_()
-                b.zero_()
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(b))
             if not last:

@@ -22,6 +22,7 @@ class WorldModel(nn.Module):
         hid = [cfg.mlp_dim, cfg.mlp_dim]
         if cfg.multitask:
             self.task_emb = nn.Embedding(len(cfg.tasks), T, max_norm=1)
+            nn.init.uniform_(self.task_emb.weight, -0.02, 0.02)
             masks = torch.zeros(len(cfg.tasks), A)
             for i, a in enumerate(cfg.action_dims):
                 masks[i, :a] = 1

@@ -1,5 +1,15 @@
-"""Evaluate a checkpoint: python scripts/evaluate.py task=dog-run checkpoint=PATH eval_episodes=10"""
+"""Evaluate a checkpoint on one task or on its whole task set:
+
+    python scripts/evaluate.py task=dog-run checkpoint=PATH eval_episodes=10
+    python scripts/evaluate.py task=mt80 checkpoint=PATH eval_episodes=10
+"""
 from mbdpo.cli import entry
+
+
+def before_parse(cfg):
+    from mbdpo.tasks import TASK_SETS
+    if cfg.task in TASK_SETS:
+        cfg.multitask = True  # a task set is evaluated with the checkpoint's multi-task model
 
 
 def job(cfg):
@@ -8,4 +18,4 @@ def job(cfg):
 
 
 if __name__ == "__main__":
-    entry(job)
+    entry(job, before_parse)

@@ -122,35 +122,103 @@ def load_agent(cfg, path: str, state: dict | None = None):
     return agent
 
 
+def command_line_keys() -> set:
+    """The settings given on the command line of a Hydra script (empty outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        overrides = HydraConfig.get().overrides.task
+    except (ImportError, ValueError):
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
+def curve_value(row: dict) -> float:
+    """The value the published curves plot: success x 100 where the task reports success,
+    else the episode return (for a task set: the normalized score)."""
+    if "episode_success" in row:
+        return 100.0 * row["episode_success"]
+    return row["episode_reward"]
+
+
+def checkpoint_tasks(cfg, saved: dict, path: str) -> list[str]:
+    """The tasks ``task=`` asks to evaluate with a multi-task checkpoint: its whole set (or
+    ``eval_tasks``), or one of its tasks."""
+    from mbdpo.config import ConfigError
+    from mbdpo.tasks import TASK_SETS
+    from mbdpo.trainers.offline import eval_task_list
+    task, trained = str(cfg.task), saved.get("task")
+    if task in TASK_SETS:
+        if task != trained:
+            raise ConfigError(f"{path} was trained on {trained}, not {task}: pass task={trained} "
+                              f"or one of its tasks.")
+        return eval_task_list(cfg)
+    if task not in cfg.tasks:
+        raise ConfigError(f"{task} is not in the task set of {path} ({trained}): pick one of its "
+                          "tasks, or fine-tune on it with scripts/offline_to_online.py.")
+    return [task]
+
+
 def evaluate_checkpoint(cfg) -> dict:
-    """scripts/evaluate.py: load ``cfg.checkpoint``, run ``eval_episodes`` episodes of
-    ``cfg.task`` in lockstep, print mean and std, append them to a CSV next to the checkpoint."""
+    """scripts/evaluate.py: load ``cfg.checkpoint`` (its network settings and, for a multi-task
+    checkpoint, its task set are taken from it unless given on the command line), run
+    ``eval_episodes`` episodes of ``cfg.task`` (a task, or the checkpoint's whole task set) in
+    lockstep, print mean and std (a per-task table and the normalized score for a set), and
+    append the results to CSVs next to the checkpoint: ``eval_<ckpt>[_<set>].csv`` (one row per
+    task) and ``curve_<ckpt>_<task>.csv`` (``step,reward,seed``, the published curve format)."""
     import os
 
     from mbdpo import checkpoint as ckpt
+    from mbdpo.config import ConfigError
     from mbdpo.logging import CSVLog, save_video
+    from mbdpo.tasks import TASK_SETS
     from mbdpo.trainers.online import fill_env_dims
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    state = ckpt.load(cfg.checkpoint)
+    path = str(cfg.checkpoint)
+    state = ckpt.load(path)
+    saved = state["config"]
+    ckpt.adopt_model_config(cfg, saved, keep=command_line_keys())
     ckpt.seed_everything(cfg.seed)
-    envs = task_envs(cfg, cfg.task, cfg.eval_episodes, cfg.seed + 10_000)
-    fill_env_dims(cfg, envs[0])
-    agent = load_agent(cfg, cfg.checkpoint, state)
-    result = run_episodes(agent, envs, video_env=0 if cfg.save_video else None,
-                          seed=cfg.seed + 10_000)
-    row = {"step": state.get("step", 0), "task": cfg.task, "seed": cfg.seed,
-           "episodes": cfg.eval_episodes, **summarise(result)}
+    folder = os.path.dirname(os.path.abspath(path))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    step = state.get("step", 0)
+    seed = cfg.seed + 10_000
+    if cfg.multitask:
+        tasks = checkpoint_tasks(cfg, saved, path)
+        agent = load_agent(cfg, path, state)
+        rows = evaluate_tasks(agent, cfg, tasks, cfg.eval_episodes, seed)
+        for r in rows:
+            r.update(step=step, seed=cfg.seed, episodes=cfg.eval_episodes)
+        if str(cfg.task) in TASK_SETS:
+            score = print_task_table(rows, step)
+            CSVLog(os.path.join(folder, f"eval_{stem}_{cfg.task}.csv"), float("inf")).write_all(
+                [{"step": step, "task": r["task"], "seed": cfg.seed, **r} for r in rows])
+            CSVLog(os.path.join(folder, f"curve_{stem}_{cfg.task}.csv"), float("inf")).write(
+                {"step": step, "reward": score, "seed": cfg.seed})
+            return {"step": step, "score": score, "tasks": rows}
+        row = rows[0]
+        result = None
+    else:
+        if str(cfg.task) in TASK_SETS:
+            raise ConfigError(f"{path} is a single-task checkpoint ({saved.get('task')}): pass "
+                              f"task={saved.get('task')} or another single task.")
+        envs = task_envs(cfg, cfg.task, cfg.eval_episodes, seed)
+        fill_env_dims(cfg, envs[0])
+        agent = load_agent(cfg, path, state)
+        result = run_episodes(agent, envs, video_env=0 if cfg.save_video else None, seed=seed)
+        row = {"step": step, "task": cfg.task, "seed": cfg.seed,
+               "episodes": cfg.eval_episodes, **summarise(result)}
+        row["score"] = normalized_score(str(cfg.task), row)
     msg = (f"{cfg.task}: reward {row['episode_reward']:.1f} ± {row['episode_reward_std']:.1f} "
            f"over {cfg.eval_episodes} episodes")
     if "episode_success" in row:
         msg += f", success {100 * row['episode_success']:.0f}%"
     print(msg, flush=True)
-    folder = os.path.dirname(os.path.abspath(cfg.checkpoint))
-    stem = os.path.splitext(os.path.basename(cfg.checkpoint))[0]
     CSVLog(os.path.join(folder, f"eval_{stem}.csv"), resume_step=float("inf")).write(row)
-    if result["frames"]:
+    CSVLog(os.path.join(folder, f"curve_{stem}_{cfg.task}.csv"), float("inf")).write(
+        {"step": step, "reward": curve_value(row), "seed": cfg.seed})
+    if result is not None and result["frames"]:
         path = os.path.join(folder, f"eval_{stem}_{cfg.task}.mp4")
         save_video(result["frames"], path)
         print(f"video: {path}")

@@ -120,8 +120,7 @@ class OfflineTrainer(Trainer):
         rows = evaluate_tasks(self.agent, cfg, self.eval_tasks, cfg.eval_episodes,
                               seed=cfg.seed + 10_000)
         score = print_task_table(rows, self.step)
-        for r in rows:
-            self.task_csv.write({"step": self.step, **r})
+        self.task_csv.write_all([{"step": self.step, **r} for r in rows])
         row = {"step": self.step, "score": score,
                "episode_reward": sum(r["episode_reward"] for r in rows) / len(rows),
                "elapsed_time": self.elapsed()}

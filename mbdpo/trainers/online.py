@@ -26,21 +26,37 @@ def fill_env_dims(cfg, env) -> None:
 
 
 class OnlineTrainer(Trainer):
+    """Online training on one task. Subclasses (fine-tuning) override ``make_env``,
+    ``make_agent`` and the seeding attributes set at the end of ``__init__``."""
+
+    task_id: int | None = None  # the task's index in a multi-task model's task set
+
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.env = make_env(cfg)
+        self.env = self.make_env(cfg.seed)
         self.env.action_space.seed(cfg.seed)  # the random seeding actions
-        fill_env_dims(cfg, self.env)
-        self.eval_envs = [make_env(cfg, seed=cfg.seed + 10_000 + i)
-                          for i in range(cfg.eval_episodes)]
-        self.agent = MBDPO(cfg)
-        L = cfg.episode_lengths[0]
+        self.eval_envs = [self.make_env(cfg.seed + 10_000 + i) for i in range(cfg.eval_episodes)]
+        self.agent = self.make_agent()
+        L = cfg.episode_lengths[0] if self.task_id is None else cfg.episode_lengths[self.task_id]
+        self.episode_length = L
         entries = min(cfg.buffer_size, cfg.steps) * (L + 1) // L + L + 1
         self.buffer = EpisodeReplay(entries, cfg.obs_shape, cfg.action_dim,
                                     torch.uint8 if cfg.obs == "rgb" else torch.float32,
                                     seed=cfg.seed)
         self.episode, self.updates, self.pretrained = 0, 0, False
         self._save_at_boundary = False
+        # Seeding (ALGORITHM.md §2): random actions for the first ``random_steps`` steps, no
+        # update before ``learn_from`` steps, then a burst of ``burst`` updates, then one per step.
+        self.random_steps = self.learn_from = self.burst = cfg.seed_steps
+        self.task_t = None if self.task_id is None else torch.tensor([self.task_id])
+
+    def make_env(self, seed: int):
+        env = make_env(self.cfg, seed=seed)
+        fill_env_dims(self.cfg, env)
+        return env
+
+    def make_agent(self) -> MBDPO:
+        return MBDPO(self.cfg)
 
     def counters(self) -> dict:
         return {"episode": self.episode, "updates": self.updates, "pretrained": self.pretrained}
@@ -54,7 +70,7 @@ class OnlineTrainer(Trainer):
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self) -> dict:
         video = 0 if self.cfg.save_video else None
-        result = run_episodes(self.agent, self.eval_envs, video_env=video,
+        result = run_episodes(self.agent, self.eval_envs, task=self.task_id, video_env=video,
                               seed=self.cfg.seed + 10_000)
         if result["frames"]:
             save_video(result["frames"], os.path.join(self.dir, "videos", f"{self.step}.mp4"))
@@ -73,7 +89,6 @@ class OnlineTrainer(Trainer):
 
     def _loop(self, stop):
         cfg = self.cfg
-        seed_steps = cfg.seed_steps
         rate_t, rate_step = time.time(), self.step
         eval_next = self.step % cfg.eval_freq == 0 and self.last_eval_step < self.step
         last_eval, ep, obs, t = None, None, None, 0
@@ -102,9 +117,9 @@ class OnlineTrainer(Trainer):
                 t = 0
             if stop:
                 return self._interrupted(ep)
-            if self.step >= seed_steps and self.buffer.num_episodes:
-                action = self.agent.act(torch.as_tensor(obs).unsqueeze(0),
-                                        torch.tensor([t == 0])).squeeze(0).cpu().numpy()
+            if self.step >= self.random_steps:
+                action = self.agent.act(torch.as_tensor(obs).unsqueeze(0), torch.tensor([t == 0]),
+                                        self.task_t).squeeze(0).cpu().numpy()
             else:
                 action = self.env.action_space.sample()
             obs, reward, terminated, truncated, info = self.env.step(action)
@@ -116,9 +131,9 @@ class OnlineTrainer(Trainer):
                 ep["success"] = float(info["success"])
             ep["done"] = terminated or truncated
             t += 1
-            if self.step >= seed_steps and self.buffer.num_episodes:
-                n = 1 if self.pretrained else seed_steps  # the pretraining burst on seed data
-                if not self.pretrained:
+            if self.step >= self.learn_from and self.buffer.num_episodes:
+                n = 1 if self.pretrained else max(1, self.burst)  # the burst on seed data
+                if n > 1:
                     print(f"Pretraining on {self.buffer.num_transitions():,} seed transitions: "
                           f"{n:,} updates.")
                 for i in range(n):
@@ -150,7 +165,7 @@ class OnlineTrainer(Trainer):
             torch.as_tensor(np.stack(ep["obs"])),
             torch.as_tensor(np.concatenate([nan, np.stack(ep["action"]).astype(np.float32)])),
             torch.as_tensor([np.nan] + ep["reward"], dtype=torch.float32),
-            torch.as_tensor([0.0] + ep["terminated"]))
+            torch.as_tensor([0.0] + ep["terminated"]), task=self.task_id or 0)
         self.episode += 1
         row = {"step": self.step, "episode": self.episode,
                "episode_reward": float(np.sum(ep["reward"])), "episode_length": L}
