@@ -602,12 +602,15 @@ class OfflineStore:
     * ``"pread"``: one ``preadv`` per array and sub-trajectory into fresh buffers: a constant
       cost per sample, and nothing mapped, so RSS does not grow with the store.
 
-    ``"auto"`` (default) maps stores smaller than ``release_mb`` and preads larger ones.
+    ``"pread"`` is the default: its cost per batch does not depend on the size of the store
+    (measured 0.95 ms at 1M and 1.22 ms at 550M transitions, batch 256), while mmap is faster
+    on a store that stays mapped (0.32 ms at 1M) and slower as the store grows (1.50 ms at
+    550M). ``"auto"`` maps stores smaller than ``release_mb`` and preads larger ones.
     ``threads`` > 1 reads parts of a batch at once, which overlaps disk reads when the store
     is not in the page cache (larger than RAM, or cold).
     """
 
-    def __init__(self, store_dir: str, seed: int = 0, backend: str = "auto",
+    def __init__(self, store_dir: str, seed: int = 0, backend: str = "pread",
                  threads: int = 1, release_mb: int = 512, sort_indices: bool = False):
         store_dir = os.fspath(store_dir)
         if (not os.path.isfile(os.path.join(store_dir, META))

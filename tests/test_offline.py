@@ -394,8 +394,9 @@ def test_every_way_of_reading_gives_the_same_batches(tmp_path):
     data = make_dataset(tmp_path / "d", terminated=True)
     store = prepare_store(data, progress=False)
     ref = OfflineStore(store, seed=1, backend="mmap")
-    assert ref.backend == "mmap" and OfflineStore(store).backend == "mmap"  # small: mapped
-    assert OfflineStore(store, release_mb=0).backend == "pread"  # larger than the window
+    assert OfflineStore(store).backend == "pread"  # the default: same cost at every size
+    assert OfflineStore(store, backend="auto").backend == "mmap"  # auto: small stores mapped
+    assert OfflineStore(store, backend="auto", release_mb=0).backend == "pread"
     others = [OfflineStore(store, seed=1, backend=b, sort_indices=srt, threads=th)
               for b in ("mmap", "pread") for srt in (False, True) for th in (1, 3)]
     for _ in range(3):
