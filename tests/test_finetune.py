@@ -1,6 +1,7 @@
 """Offline-to-online fine-tuning and evaluation of multi-task checkpoints: seen and unseen tasks,
 observation/action padding, the mismatch messages, and the scripts end to end."""
 import csv
+import json
 import os
 
 import pytest
@@ -139,6 +140,9 @@ def test_offline_to_online_both_arms_and_resume(mt70_ckpt, tmp_path):
     for arm in ("finetune", "scratch"):
         state = torch.load(os.path.join(out_dir, arm, "models", "final.pt"), weights_only=True)
         assert state["step"] == 500 and state["config"]["tasks"][-1] == "walker-run"
+    with open(os.path.join(out_dir, "finetune", "metadata.json")) as f:
+        meta = json.load(f)  # mt70 holds Meta-World tasks: the env version is on record
+    assert meta["metaworld_env_version"] == "v3" and meta["tasks"][-1] == "walker-run"
     out = cli("offline_to_online.py", *args, "resume=true")
     assert out.stdout.count("already finished") == 2
     # the fine-tuned checkpoint evaluates like any multi-task checkpoint

@@ -2,6 +2,7 @@
 a signal flag for Ctrl-C / SIGTERM, and the console progress line."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,6 +12,19 @@ from omegaconf import OmegaConf
 
 from mbdpo import checkpoint as ckpt
 from mbdpo.config import run_dir
+
+
+def write_metadata(cfg, folder: str) -> None:
+    """Facts about a run a reader of its numbers needs (e.g. Meta-World environment version)."""
+    meta = {"task": cfg.task, "tasks": list(cfg.tasks), "seed": cfg.seed,
+            "model_size": cfg.model_size, "obs": cfg.obs}
+    if any(t.startswith("mw-") for t in cfg.tasks):
+        meta["metaworld_env_version"] = "v3"
+        meta["note"] = ("Meta-World tasks were evaluated on metaworld's -v3 environments; the "
+                        "TD-MPC2 datasets were recorded on -v2.")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metadata.json"), "w") as f:
+        json.dump(meta, f, indent=1)
 
 
 class StopRequested:

@@ -3,7 +3,6 @@ updates on sub-trajectories sampled from the memory-mapped store, periodic evalu
 task of the set with a per-task table and the normalized score, checkpoints, resume."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -11,7 +10,7 @@ from mbdpo.agent import MBDPO
 from mbdpo.config import ConfigError
 from mbdpo.envs import make_env
 from mbdpo.logging import CSVLog, Logger
-from mbdpo.trainers.base import Trainer
+from mbdpo.trainers.base import Trainer, write_metadata
 from mbdpo.trainers.evaluate import evaluate_tasks, print_task_table
 
 
@@ -39,19 +38,6 @@ def eval_task_list(cfg) -> list[str]:
         raise ConfigError(f"eval_tasks has {', '.join(unknown)}, not in task set {cfg.task}: "
                           f"pick tasks of the set (python -m mbdpo.tasks lists them).")
     return tasks
-
-
-def write_metadata(cfg, folder: str) -> None:
-    """Facts about a run a reader of its numbers needs (e.g. Meta-World environment version)."""
-    meta = {"task": cfg.task, "tasks": list(cfg.tasks), "seed": cfg.seed,
-            "model_size": cfg.model_size, "obs": cfg.obs}
-    if any(t.startswith("mw-") for t in cfg.tasks):
-        meta["metaworld_env_version"] = "v3"
-        meta["note"] = ("Meta-World tasks were evaluated on metaworld's -v3 environments; the "
-                        "TD-MPC2 datasets were recorded on -v2.")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "metadata.json"), "w") as f:
-        json.dump(meta, f, indent=1)
 
 
 class OfflineTrainer(Trainer):

@@ -12,7 +12,7 @@ from mbdpo.agent import MBDPO
 from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
 from mbdpo.replay import EpisodeReplay
-from mbdpo.trainers.base import Trainer
+from mbdpo.trainers.base import Trainer, write_metadata
 from mbdpo.trainers.evaluate import run_episodes, summarise
 
 
@@ -85,6 +85,7 @@ class OnlineTrainer(Trainer):
             print(f"{self.buffer.num_episodes} episodes in replay.")
         self.logger = Logger(cfg, self.dir, resume_step,
                              None if resume_step is None else self.last_eval_step)
+        write_metadata(cfg, self.dir)
         return self.run_loop(f"on {cfg.task} ({cfg.obs}, {cfg.steps:,} steps)")
 
     def _loop(self, stop):
