@@ -51,10 +51,11 @@ def finetune_setup(cfg, saved: dict, path: str) -> dict:
     tasks = list(cfg.tasks)
     o, a = task_dims(cfg, task)
     if o > cfg.obs_dim or a > cfg.action_dim:
+        hint = ("fine-tune a model pretrained on a larger task set (mt80 takes 39 and 6)"
+                if cfg.obs_dim < 39 else "train it from scratch with scripts/train.py")
         raise ConfigError(
             f"{task} has {o} observation and {a} action dimensions but the model in {path} takes "
-            f"at most {cfg.obs_dim} and {cfg.action_dim}: pick a task that fits, or fine-tune a "
-            f"model pretrained on a larger task set (mt80 takes 39 and 6).")
+            f"at most {cfg.obs_dim} and {cfg.action_dim}: pick a task that fits, or {hint}.")
     if task in tasks:
         if cfg.source_task:
             print(f"{task} is in the checkpoint's task set: source_task={cfg.source_task} is "
