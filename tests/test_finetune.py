@@ -69,6 +69,13 @@ def test_seen_task_keeps_its_embedding_mask_and_discount(mt70_ckpt, tmp_path):
     assert m.action_masks[tid].tolist() == [1.0] * saved_cfg.action_dims[tid] + [0.0] * (
         6 - saved_cfg.action_dims[tid])
     assert trainer.random_steps == 0 and trainer.burst == 0  # acts with the agent at once
+    cfg2 = ft_cfg("walker-walk", f"save_path={tmp_path}", "seed_episodes=2")
+    finetune_setup(cfg2, state["config"], path)
+    two = FinetuneTrainer(cfg2, "finetune", setup, state)  # 2 episodes of its own, then a burst
+    assert (two.random_steps, two.learn_from, two.burst) == (0, 1000, 1000)
+    scratch = FinetuneTrainer(cfg, "scratch", setup, None)  # random seeding as online
+    assert scratch.random_steps == scratch.learn_from == cfg.seed_steps == 2500
+    assert not torch.equal(scratch.agent.model.task_emb.weight, saved.model.task_emb.weight)
     obs, _ = trainer.env.reset(seed=0)
     assert obs.shape == (39,) and (obs[24:] == 0).all()  # walker's 24 dims, zero-padded
     a = trainer.agent.act(torch.as_tensor(obs)[None], torch.tensor([True]), trainer.task_t)
