@@ -171,6 +171,8 @@ def test_missing_checkpoint_is_explained():
               timeout=120)
     assert out.returncode == 2
     assert "Checkpoint /nope/final.pt does not exist" in out.stderr
+    out = cli("evaluate.py", "task=mt30", check=False, timeout=120)
+    assert out.returncode == 2 and "No checkpoint given: pass checkpoint=" in out.stderr
 
 
 def test_contrastive_eta_alias():

@@ -175,8 +175,8 @@ def evaluate_checkpoint(cfg) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    state = ckpt.load(cfg.checkpoint)  # None: "No checkpoint given: pass checkpoint=..."
     path = str(cfg.checkpoint)
-    state = ckpt.load(path)
     saved = state["config"]
     ckpt.adopt_model_config(cfg, saved, keep=command_line_keys())
     ckpt.seed_everything(cfg.seed)
