@@ -129,6 +129,12 @@ def resolve_tasks(name: str) -> list[str]:
     return [name]
 
 
+def num_settings() -> int:
+    """The paper's count of task settings: every name once, plus the locomotion and visual
+    settings, which repeat DMControl tasks (121)."""
+    return len(TASKS) + len(LOCOMOTION) + len(VISUAL)
+
+
 def suite_installed(suite: str) -> bool:
     return importlib.util.find_spec(SUITE_MODULE[suite]) is not None
 
@@ -144,8 +150,11 @@ def main() -> None:
         for spec in (TASKS[n] for n in names):
             extra = " success" if spec.has_success else ""
             print(f"  {spec.name:32s} {spec.episode_length} steps, repeat {spec.action_repeat}{extra}")
+    print(f"locomotion ({len(LOCOMOTION)} settings, DMControl tasks): {' '.join(LOCOMOTION)}")
+    print(f"visual ({len(VISUAL)} settings, DMControl tasks with obs=rgb): {' '.join(VISUAL)}")
     print("task sets: " + ", ".join(f"{k} ({len(v)})" for k, v in TASK_SETS.items()))
-    print(f"{len(TASKS)} distinct task names")
+    print(f"{len(TASKS)} distinct task names, {num_settings()} settings counting locomotion "
+          "and pixels")
 
 
 if __name__ == "__main__":

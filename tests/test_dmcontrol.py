@@ -1,8 +1,7 @@
 """DMControl environments (mbdpo/envs/dmcontrol.py, mbdpo/envs/dmc_custom/) and the generic
 wrappers (mbdpo/envs/wrappers.py).
 
-The test marked ``slow`` runs a full episode of every one of the 39 DMControl tasks (~20 s on
-one core; the four dog tasks are half of it); ``-m "not slow"`` leaves it out.
+Full episodes of every task (state and pixels) are in test_all_tasks.py.
 """
 from __future__ import annotations
 
@@ -419,28 +418,3 @@ def test_pixel_stack_wrapper():
     # oldest first: frames of steps 2, 3, 4
     assert [int(obs[3 * i, 0, 0]) for i in range(3)] == [2, 3, 4]
     assert env.render(width=4, height=2).shape == (2, 4, 3)  # kwargs pass through
-
-
-# ------------------------------------------------------------------------------ slow
-@pytest.mark.slow
-@pytest.mark.parametrize("name", DMCONTROL)
-def test_full_episode_all_tasks(name):
-    env = make(name, seed=0)
-    obs, _ = env.reset()
-    check_spaces(env, obs)
-    n_obs = obs.shape[0]
-    actions = random_actions(env, EPISODE)
-    rewards = np.empty(EPISODE)
-    steps = 0
-    truncated = False
-    while not truncated:
-        obs, rewards[steps], terminated, truncated, _ = env.step(actions[steps])
-        assert terminated is False
-        steps += 1
-        assert steps <= EPISODE
-    assert steps == EPISODE
-    assert obs.shape == (n_obs,) and obs.dtype == np.float32 and np.all(np.isfinite(obs))
-    assert np.all(np.isfinite(rewards))
-    assert rewards.min() >= 0.0 and rewards.max() <= REPEAT
-    assert env.unwrapped.physics.data.time == pytest.approx(
-        EPISODE * REPEAT * env.unwrapped.dm_env.control_timestep())

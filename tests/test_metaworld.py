@@ -1,7 +1,6 @@
 """Meta-World environments (mbdpo/envs/metaworld.py).
 
-The test marked ``slow`` runs a full 100-step episode of every one of the 50 Meta-World
-tasks; ``-m "not slow"`` leaves it out. The pixel test renders only a few frames (a
+Full episodes of every task are in test_all_tasks.py. The pixel test renders only a few frames (a
 Meta-World frame costs 20-50 ms at 64×64 without shadows, ~0.2 s at 384×384 on this CPU).
 """
 from __future__ import annotations
@@ -200,24 +199,4 @@ def test_pixels_and_render():
     assert np.isfinite(reward) and info["success"] in (0.0, 1.0)
     frame = env.render(width=80, height=48)
     assert frame.shape == (48, 80, 3) and frame.dtype == np.uint8
-    env.close()
-
-
-# ----------------------------------------------------------------------------- all tasks
-@pytest.mark.slow
-@pytest.mark.parametrize("name", METAWORLD)
-def test_full_episode_every_task(name):
-    env = make(name, seed=0)
-    obs, _ = env.reset()
-    assert obs.shape == (OBS_DIM,) and obs.dtype == np.float32
-    steps, truncated = 0, False
-    for action in random_actions(EPISODE, seed=1):
-        obs, reward, terminated, truncated, info = env.step(action)
-        steps += 1
-        assert obs.shape == (OBS_DIM,) and np.all(np.isfinite(obs))
-        assert np.isfinite(reward) and not terminated
-        assert info["success"] in (0.0, 1.0)
-        if truncated:
-            break
-    assert steps == EPISODE and truncated
     env.close()

@@ -1,7 +1,9 @@
-"""The install files stay in step: every pin of the conda environment agrees with pyproject."""
+"""The install files stay in step: every pin of each conda environment agrees with pyproject."""
 import os
 import re
 import tomllib
+
+from packaging.requirements import Requirement
 
 from tests.conftest import ROOT
 
@@ -15,26 +17,38 @@ def _pins(lines):
     return out
 
 
-def test_conda_env_matches_pyproject():
+def _declared_extras(text):
+    """The extras a conda file says it installs: its line '# extras: a,b,c'."""
+    m = re.search(r"^#\s*extras:\s*(.+)$", text, re.M)
+    assert m, "each conda file names the pyproject extras it installs ('# extras: ...')"
+    return [e.strip() for e in m.group(1).split(",") if e.strip()]
+
+
+def test_conda_envs_match_pyproject():
+    """Every conda file pins each package of the core and of the extras it names, at a
+    version that pyproject allows, and nothing pyproject does not know of."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
-    declared = list(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        declared += extra
-    exact = {k: v for k, v in _pins(declared).items()
-             if any(d.replace(" ", "").lower().startswith(f"{k}==") for d in declared)}
+    extras = project["optional-dependencies"]
     env_dir = os.path.join(ROOT, "conda_envs")
-    files = [f for f in os.listdir(env_dir) if f.endswith(".yml")]
-    assert files
-    names = {re.split(r"[<>=\[]", d)[0].strip().lower() for d in declared}
+    files = sorted(f for f in os.listdir(env_dir) if f.endswith(".yml"))
+    assert "mbdpo.yml" in files and "maniskill2.yml" in files
     for name in files:
         with open(os.path.join(env_dir, name)) as f:
-            pins = _pins(f.read().splitlines())
-        for pkg, version in exact.items():  # exact pins in pyproject are the same in conda
-            if pkg in pins:
-                assert pins[pkg] == version, f"{name}: {pkg}=={pins[pkg]} but pyproject {version}"
-        for pkg in pins:  # conda installs nothing pyproject does not know of
-            assert pkg in names | {"python", "pip", "torch"}, f"{name}: {pkg} not in pyproject"
+            text = f.read()
+        pins = _pins(text.splitlines())
+        wanted = [Requirement(r) for r in project["dependencies"]]
+        for extra in _declared_extras(text):
+            assert extra in extras, f"{name}: no extra '{extra}' in pyproject"
+            wanted += [Requirement(r) for r in extras[extra]]
+        known = {r.name.lower().replace("_", "-") for r in wanted}
+        for req in wanted:
+            key = req.name.lower().replace("_", "-")
+            assert key in pins, f"{name} does not pin {req.name}, which pyproject requires"
+            assert req.specifier.contains(pins[key], prereleases=True), (
+                f"{name}: {req.name}=={pins[key]} is outside pyproject's '{req.specifier}'")
+        for pkg in pins:
+            assert pkg in known | {"python", "pip"}, f"{name}: {pkg} is not in pyproject"
 
 
 def test_every_package_has_init():

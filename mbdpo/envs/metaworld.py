@@ -28,22 +28,13 @@ quirk is not reproduced.
 Rendering (``render()`` and pixel observations) uses the ``corner2`` camera moved to
 TD-MPC2's position ``(0.75, 0.075, 0.7)`` and turned 180 degrees about its axis (as defined
 in the Meta-World model it looks upside down; mujoco-py's bottom-up images hid that), through
-``mujoco.Renderer`` (EGL by default). Frames of at most ``NO_SHADOW_SIZE`` pixels a side
-(pixel observations) are drawn without shadows: with software GL the 4096² shadow map costs
-~0.15 s a frame whatever its size, against ~0.02-0.05 s for a 64×64 frame without it.
+``mjrender.Frames`` (EGL by default; small frames without shadows).
 """
 from __future__ import annotations
 
-import atexit
-import ctypes.util
-import os
 import sys
-import weakref
 
-# Rendering backend: must be chosen before mujoco is imported (see dmcontrol.py).
-if "MUJOCO_GL" not in os.environ and ctypes.util.find_library("EGL"):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-
+from mbdpo.envs.mjrender import Frames  # noqa: I001  (chooses the GL backend before mujoco loads)
 import gymnasium as gym  # noqa: E402
 import metaworld  # noqa: E402
 import mujoco  # noqa: E402
@@ -62,7 +53,6 @@ PIXEL_SIZE = 64     # pixel observations
 PIXEL_FRAMES = 3
 CAMERA = "corner2"
 CAMERA_POS = (0.75, 0.075, 0.7)   # TD-MPC2's adjusted position of 'corner2'
-NO_SHADOW_SIZE = 128  # frames no larger than this (both sides) are drawn without shadows
 GOAL_MODES = ("random", "mt1")
 
 
@@ -122,8 +112,7 @@ class MetaWorldEnv(gym.Env):
             mujoco.mju_mulQuat(quat, model.cam_quat[self._cam_id].copy(),
                                np.array([0.0, 0.0, 0.0, 1.0]))
             model.cam_quat[self._cam_id] = quat
-        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
-        _LIVE_ENVS.add(self)
+        self._frames = Frames(env.model, lambda: env.data, self._cam_id, suite="Meta-World")
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, env.action_space.shape, dtype=np.float32)
         dim = env.observation_space.shape[0]
@@ -159,55 +148,14 @@ class MetaWorldEnv(gym.Env):
         return obs.astype(np.float32), reward, False, False, info
 
     def render(self, width: int = RENDER_SIZE, height: int = RENDER_SIZE) -> np.ndarray:
-        renderer = self._renderers.get((height, width))
-        if renderer is None:
-            vis = self._env.model.vis.global_
-            vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
-            try:
-                renderer = mujoco.Renderer(self._env.model, height=height, width=width)
-            except mujoco.FatalError as err:
-                raise RuntimeError(
-                    f"cannot render Meta-World ({err}); the GL backend is chosen when mujoco "
-                    "is first imported: set MUJOCO_GL=egl, or import mbdpo.envs.metaworld "
-                    "before anything that imports mujoco") from err
-            self._renderers[(height, width)] = renderer
-            _register_exit_hook()
-        renderer.update_scene(self._env.data, camera=self._cam_id)
-        if max(width, height) <= NO_SHADOW_SIZE:
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        return renderer.render()
+        return self._frames.render(width, height)
 
     def close_renderers(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+        self._frames.close()
 
     def close(self):
         self.close_renderers()
         self._env.close()
-
-
-# Renderers still open at exit are closed before the EGL display goes away (otherwise their
-# __del__ prints EGL errors at interpreter shutdown). mujoco registers the display's
-# termination with atexit when it makes its first context, so our hook is registered after
-# that (atexit runs the last registered first).
-_LIVE_ENVS: weakref.WeakSet[MetaWorldEnv] = weakref.WeakSet()
-_EXIT_HOOK = False
-
-
-def _close_renderers_at_exit() -> None:
-    for env in list(_LIVE_ENVS):
-        try:
-            env.close_renderers()
-        except Exception:  # noqa: BLE001  (best effort at shutdown)
-            pass
-
-
-def _register_exit_hook() -> None:
-    global _EXIT_HOOK
-    if not _EXIT_HOOK:
-        atexit.register(_close_renderers_at_exit)
-        _EXIT_HOOK = True
 
 
 def make(spec: TaskSpec, obs_type: str = "state", seed: int = 0,
