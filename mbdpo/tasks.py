@@ -146,6 +146,9 @@ def main() -> None:
     for suite, names in suites.items():
         mark = "installed" if suite_installed(suite) else (
             f"not installed: pip install -e '.[{SUITE_EXTRA[suite]}]'")
+        if suite == "maniskill2":
+            mark += ("; its own environment, scripts/setup_maniskill2.sh; needs a Vulkan "
+                     "device, and downloaded assets for pick-ycb and turn-faucet")
         print(f"{suite} ({len(names)} tasks, {mark})")
         for spec in (TASKS[n] for n in names):
             extra = " success" if spec.has_success else ""
