@@ -142,28 +142,36 @@ def test_full_episode(vulkan, name):
     env.close()
 
 
-@pytest.mark.parametrize("name", sorted(CUBE_TASKS))
-def test_seeding_is_deterministic(vulkan, name):
-    env = make(vulkan, name, seed=5)
+def check_seeding(ms2, name, action_dim):
+    """make(seed) + reset() is reset(seed); same seed and actions, same trajectory (rewards
+    included); resets without a seed give new initial states, in a reproducible sequence."""
+    env = make(ms2, name, seed=5)
     first, _ = env.reset()                                 # make(seed=5) + reset() ...
+    raw = env.unwrapped.ms2_env
+    model = getattr(raw, "model_id", None)                 # pick-ycb / turn-faucet: which asset
     np.testing.assert_array_equal(env.reset(seed=5)[0], first)   # ... is reset(seed=5)
     np.testing.assert_array_equal(env.reset(seed=5)[0], first)
+    assert getattr(raw, "model_id", None) == model
     assert not np.array_equal(env.reset(seed=6)[0], first)
-    other = make(vulkan, name, seed=0)
+    other = make(ms2, name, seed=0)
     np.testing.assert_array_equal(other.reset(seed=5)[0], first)
-    # Same seed, same actions: same trajectory (rewards included).
-    actions = random_actions(5, CUBE_TASKS[name][1])
     env.reset(seed=5)
-    for action in actions:
+    for action in random_actions(5, action_dim):
         a, b = env.step(action), other.step(action)
         np.testing.assert_array_equal(a[0], b[0])
         assert a[1] == b[1]
-    # Resets without a seed give new initial states, in a reproducible sequence.
     seq = [env.reset(seed=9)[0]] + [env.reset()[0] for _ in range(2)]
     assert not np.array_equal(seq[0], seq[1]) and not np.array_equal(seq[1], seq[2])
     seq2 = [other.reset(seed=9)[0]] + [other.reset()[0] for _ in range(2)]
     for x, y in zip(seq, seq2):
         np.testing.assert_array_equal(x, y)
+    env.close()
+    other.close()
+
+
+@pytest.mark.parametrize("name", sorted(CUBE_TASKS))
+def test_seeding_is_deterministic(vulkan, name):
+    check_seeding(vulkan, name, CUBE_TASKS[name][1])
 
 
 def test_action_repeat_sums_two_steps(vulkan):
@@ -279,23 +287,4 @@ def test_asset_task_full_episode_on_synthetic_assets(vulkan, synthetic_assets, n
 
 @pytest.mark.parametrize("name", sorted(ASSET_TASKS))
 def test_asset_task_seeding_on_synthetic_assets(vulkan, synthetic_assets, name):
-    env = make(vulkan, name, seed=5)
-    first, _ = env.reset()                                 # make(seed=5) + reset() ...
-    model = env.unwrapped.ms2_env.model_id
-    np.testing.assert_array_equal(env.reset(seed=5)[0], first)   # ... is reset(seed=5)
-    assert env.unwrapped.ms2_env.model_id == model
-    assert not np.array_equal(env.reset(seed=6)[0], first)
-    other = make(vulkan, name, seed=0)
-    np.testing.assert_array_equal(other.reset(seed=5)[0], first)
-    actions = random_actions(5, ASSET_TASKS[name][1])
-    env.reset(seed=5)
-    for action in actions:
-        a, b = env.step(action), other.step(action)
-        np.testing.assert_array_equal(a[0], b[0])
-        assert a[1] == b[1]
-    seq = [env.reset(seed=9)[0]] + [env.reset()[0] for _ in range(2)]
-    seq2 = [other.reset(seed=9)[0]] + [other.reset()[0] for _ in range(2)]
-    for x, y in zip(seq, seq2):
-        np.testing.assert_array_equal(x, y)
-    env.close()
-    other.close()
+    check_seeding(vulkan, name, ASSET_TASKS[name][1])

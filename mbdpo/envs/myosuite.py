@@ -29,7 +29,7 @@ from mbdpo.envs.mjrender import Frames  # noqa: I001  (chooses the GL backend be
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mbdpo.envs.wrappers import PixelStack, TimeLimit  # noqa: E402
+from mbdpo.envs.wrappers import ActionRepeat, PixelStack, TimeLimit  # noqa: E402
 from mbdpo.tasks import MYOSUITE, TaskSpec  # noqa: E402
 
 
@@ -68,16 +68,14 @@ def env_id(task: str) -> str:
 
 
 class MyoSuiteEnv(gym.Env):
-    """A MyoSuite environment without its own time limit or early termination."""
+    """A MyoSuite environment without its own time limit or early termination; one
+    simulator step per ``step`` (``ActionRepeat`` repeats it)."""
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, name: str, seed: int = 0, action_repeat: int = 1, camera: str = CAMERA):
-        if action_repeat < 1:
-            raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+    def __init__(self, name: str, seed: int = 0, camera: str = CAMERA):
         self.render_mode = "rgb_array"
         self.name = name
-        self.action_repeat = int(action_repeat)
         with _quiet():
             self._env = myo_gym.make(name).unwrapped
         self._env.seed(seed)
@@ -104,12 +102,9 @@ class MyoSuiteEnv(gym.Env):
     def step(self, action):
         act = self._action
         np.clip(action, -1.0, 1.0, out=act)
-        reward = 0.0
-        for _ in range(self.action_repeat):
-            obs, r, _, _, info = self._env.step(act.copy())
-            reward += float(r)
+        obs, reward, _, _, info = self._env.step(act.copy())
         out = {"success": float(bool(info["solved"]))}
-        return np.asarray(obs, dtype=np.float32), reward, False, False, out
+        return np.asarray(obs, dtype=np.float32), float(reward), False, False, out
 
     def render(self, width: int = RENDER_SIZE, height: int = RENDER_SIZE) -> np.ndarray:
         return self._frames.render(width, height)
@@ -125,7 +120,7 @@ def make(spec: TaskSpec, obs_type: str = "state", seed: int = 0) -> gym.Env:
         raise ValueError(f"task '{spec.name}' belongs to the {spec.suite} suite, not myosuite")
     if obs_type not in ("state", "rgb"):
         raise ValueError(f"obs_type must be 'state' or 'rgb', got {obs_type!r}")
-    env: gym.Env = MyoSuiteEnv(env_id(spec.name), seed=seed, action_repeat=spec.action_repeat)
+    env: gym.Env = ActionRepeat(MyoSuiteEnv(env_id(spec.name), seed=seed), spec.action_repeat)
     if obs_type == "rgb":
         env = PixelStack(env, num_frames=PIXEL_FRAMES, size=PIXEL_SIZE)
     env = TimeLimit(env, spec.episode_length)
