@@ -12,7 +12,7 @@ import os
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mbdpo.tasks import TASK_SETS, get_task, resolve_tasks
+from mbdpo.tasks import PIXEL_SUITES, TASK_SETS, TASKS, get_task, resolve_tasks
 
 MODEL_SIZES = {
     1: dict(enc_dim=256, mlp_dim=384, latent_dim=128, num_enc_layers=2, num_q=2),
@@ -90,6 +90,11 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
                           f"not the single task {task!r}.")
     cfg.tasks = tasks
     _check(cfg.obs in ("state", "rgb"), "obs", cfg.obs, "expected state or rgb")
+    if cfg.obs == "rgb":
+        stateless = [t for t in tasks if TASKS[t].suite not in PIXEL_SUITES]
+        if stateless:
+            raise ConfigError(f"obs=rgb is not available for {', '.join(stateless)} "
+                              f"({TASKS[stateless[0]].suite} runs from state here): use obs=state.")
 
     # model size preset; explicit enc_dim=... etc. still win
     _check(cfg.model_size in MODEL_SIZES, "model_size", cfg.model_size,

@@ -72,6 +72,8 @@ TASK_SETS = {
 # The python module whose presence makes a suite runnable, and the pip extra that installs it.
 SUITE_MODULE = {"dmcontrol": "dm_control", "metaworld": "metaworld",
                 "maniskill2": "mani_skill2", "myosuite": "myosuite"}
+# Suites whose tasks can be observed from pixels here (ManiSkill2: state only).
+PIXEL_SUITES = ("dmcontrol", "metaworld", "myosuite")
 SUITE_EXTRA = {"dmcontrol": None, "metaworld": "metaworld", "maniskill2": "maniskill2",
                "myosuite": "myosuite"}
 

@@ -43,9 +43,6 @@ MESA_VERSION="${MESA_VULKAN_VERSION:-25.0.7-2~bpo12+1}"
 LAYER_NAME="VK_LAYER_MBDPO_strip_semaphore_fd"
 LAYER_SRC="$ROOT/conda_envs/vulkan_layer"
 TORCH_SPEC="torch==2.13.0"
-# The pins of the 'maniskill2' extra of pyproject.toml, used as they are while the extra is
-# not there yet (then the core dependencies are installed beside them, numpy pin excepted).
-MS2_PINS=("mani-skill2==0.5.3" "numpy>=1.23,<1.24" "setuptools>=77.0.3,<81")
 
 # Libraries libvulkan_lvp.so links to (all in bookworm main, none of them a Mesa package).
 LVP_DEPS=(libllvm15 libdrm2 libelf1 libexpat1 libwayland-client0 libx11-xcb1 libxcb-dri3-0
@@ -182,36 +179,8 @@ if [ "${SKIP_VENV:-0}" != 1 ]; then
     if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
         "${PIP[@]}" install -q "$TORCH_SPEC"
     fi
-    HAS_EXTRA="$("$VENV/bin/python" - "$ROOT/pyproject.toml" <<'EOF'
-import sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    print(int("maniskill2" in tomllib.load(f)["project"].get("optional-dependencies", {})))
-EOF
-)"
-    if [ "$HAS_EXTRA" = 1 ]; then
-        "${PIP[@]}" install -q -e "$ROOT[maniskill2,test]" "$TORCH_SPEC"
-    else
-        echo "pyproject.toml has no 'maniskill2' extra yet: installing its pins (${MS2_PINS[*]})"
-        echo "with the core dependencies (numpy pin left out) and the repo with --no-deps"
-        mapfile -t CORE < <("$VENV/bin/python" - "$ROOT/pyproject.toml" <<'EOF'
-import re, sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    proj = tomllib.load(f)["project"]
-deps = proj["dependencies"] + proj.get("optional-dependencies", {}).get("test", [])
-for d in deps:
-    name = re.split(r"[ <>=!~\[;]", d, maxsplit=1)[0].lower()
-    if name not in ("numpy", "torch"):
-        print(d)
-EOF
-)
-        "${PIP[@]}" install -q "$TORCH_SPEC" "${MS2_PINS[@]}" "${CORE[@]}"
-        "${PIP[@]}" install -q --no-deps -e "$ROOT"
-    fi
-    if ! "${PIP[@]}" check; then
-        # Without the extra, mbdpo's own metadata still asks numpy>=1.26: expected, go on.
-        [ "$HAS_EXTRA" = 0 ] || die "pip check failed in $VENV"
-        echo "(expected while pyproject.toml has no 'maniskill2' extra and asks numpy>=1.26)"
-    fi
+    "${PIP[@]}" install -q -e "$ROOT[maniskill2,test]" "$TORCH_SPEC"
+    "${PIP[@]}" check || die "pip check failed in $VENV"
     "$VENV/bin/python" -c "from importlib.metadata import version as v; print(' | '.join(f'{p} {v(p)}' for p in ('numpy', 'torch', 'mani-skill2', 'sapien', 'gymnasium', 'setuptools')))"
     done_step
 fi

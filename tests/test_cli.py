@@ -156,6 +156,8 @@ def test_wandb_offline(tmp_path):
     (["obs=depth"], "Bad value obs='depth': expected state or rgb."),
     (["device=tpu"], "Bad value device='tpu'"),
     (["task=mt30"], "task=mt30 is a task set: add multitask=true"),
+    (["task=lift-cube", "obs=rgb"],
+     "obs=rgb is not available for lift-cube (maniskill2 runs from state here): use obs=state."),
     (["diffusion_num_elites=1000"], "expected at most diffusion_num_samples (512)"),
     (["stepz=10"], "Unknown setting 'stepz'. Did you mean steps"),
 ])
