@@ -1,14 +1,18 @@
 """Learning benchmark: train on a task for several seeds and collect the evaluation curves in the
 published format (benchmarks/results/learning/<task>.csv with columns step,reward,seed).
 
-    python benchmarks/learning.py task=cartpole-balance steps=10000 seeds=[1,2]
+    python benchmarks/learning.py task=cartpole-balance steps=10000 seeds=[1,2] parallel=true
     python benchmarks/learning.py task=cartpole-swingup steps=30000 seeds=[1,2] resume=true
 
 Every other key=value is passed to scripts/train.py. The defaults below are the small CPU
 settings of the issue-2 measurements: model_size=1, 128 samples and 10 denoising steps (with
 diffusion_betaT=0.02, so that the sampling width still starts at ~0.33 as with the default 20
-steps; with 10 steps and betaT=0.01 it would start at ~0.23), batch 256;
-runs are resumable, so a stopped benchmark continues with resume=true. With collect_only=true
+steps; with 10 steps and betaT=0.01 it would start at ~0.23), batch 256, seed_steps=1000
+(the default max(1000, 5 x 500) = 2,500 would spend a quarter of a 10k budget on random
+actions) and tau=0.05 (the target Q follows at a time constant of ~1/(tau(1-gamma)) updates:
+10,000 at the default 0.01, i.e. the whole budget; 2,000 at 0.05). parallel=true runs the
+seeds at once, one process and one thread each, with each seed's console output in
+<work_dir>/<task>/<seed>/<exp_name>.log; runs are resumable, so a stopped benchmark continues with resume=true. With collect_only=true
 the CSV is rebuilt from the runs' eval.csv without training.
 """
 from __future__ import annotations
@@ -21,7 +25,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_DEFAULTS = {"model_size": "1", "diffusion_num_samples": "128", "diffusion_steps": "10",
-                "diffusion_betaT": "0.02", "batch_size": "256", "eval_freq": "2500",
+                "diffusion_betaT": "0.02", "batch_size": "256", "seed_steps": "1000",
+                "tau": "0.05", "eval_freq": "2500",
                 "eval_episodes": "5",
                 "save_model_every": "0", "exp_name": "learning"}
 
@@ -37,7 +42,10 @@ def parse(argv):
         sys.exit("error: pass task=NAME (e.g. task=cartpole-balance).")
     seeds = [int(s) for s in args.pop("seeds", "[1,2]").strip("[]").split(",") if s.strip()]
     collect_only = args.pop("collect_only", "false") == "true"
-    return args, seeds, collect_only
+    parallel = args.pop("parallel", "false") == "true"
+    if parallel:
+        args.setdefault("threads", "1")
+    return args, seeds, collect_only, parallel
 
 
 def collect(args, seeds) -> str:
@@ -60,18 +68,33 @@ def collect(args, seeds) -> str:
     return path
 
 
+def wait(seed, t0, proc) -> int:
+    rc = proc.wait()
+    print(f"seed {seed}: exit {rc}, wall {time.time() - t0:.0f} s", flush=True)
+    return rc
+
+
 def main():
-    args, seeds, collect_only = parse(sys.argv[1:])
+    args, seeds, collect_only, parallel = parse(sys.argv[1:])
     if not collect_only:
+        procs = []
         for seed in seeds:
             cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"seed={seed}"]
             cmd += [f"{k}={v}" for k, v in args.items()]
             print("$ " + " ".join(cmd[1:]), flush=True)
-            t0 = time.time()
-            rc = subprocess.call(cmd, cwd=ROOT)
-            print(f"seed {seed}: exit {rc}, wall {time.time() - t0:.0f} s", flush=True)
-            if rc:
-                sys.exit(rc)
+            out = None
+            if parallel:
+                log = os.path.join(ROOT, args.get("work_dir", "logs"), args["task"], str(seed),
+                                   args["exp_name"] + ".log")
+                os.makedirs(os.path.dirname(log), exist_ok=True)
+                out = open(log, "a")
+                print(f"seed {seed}: console output in {log}", flush=True)
+            procs.append((seed, time.time(), subprocess.Popen(cmd, cwd=ROOT, stdout=out,
+                                                              stderr=out)))
+            if not parallel and wait(*procs.pop()):
+                sys.exit(1)
+        if any([wait(*p) for p in procs]):  # every seed is waited for before exiting
+            sys.exit(1)
     path = collect(args, seeds)
     with open(path) as f:
         rows = list(csv.DictReader(f))
