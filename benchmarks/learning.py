@@ -91,6 +91,8 @@ def main():
                 print(f"seed {seed}: console output in {log}", flush=True)
             procs.append((seed, time.time(), subprocess.Popen(cmd, cwd=ROOT, stdout=out,
                                                               stderr=out)))
+            if out is not None:
+                out.close()  # the child holds its own copy
             if not parallel and wait(*procs.pop()):
                 sys.exit(1)
         if any([wait(*p) for p in procs]):  # every seed is waited for before exiting
