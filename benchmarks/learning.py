@@ -10,10 +10,11 @@ diffusion_betaT=0.02, so that the sampling width still starts at ~0.33 as with t
 steps; with 10 steps and betaT=0.01 it would start at ~0.23), batch 256, seed_steps=1000
 (the default max(1000, 5 x 500) = 2,500 would spend a quarter of a 10k budget on random
 actions) and tau=0.05 (the target Q follows at a time constant of ~1/(tau(1-gamma)) updates:
-10,000 at the default 0.01, i.e. the whole budget; 2,000 at 0.05). parallel=true runs the
-seeds at once, one process and one thread each, with each seed's console output in
-<work_dir>/<task>/<seed>/<exp_name>.log; runs are resumable, so a stopped benchmark continues with resume=true. With collect_only=true
-the CSV is rebuilt from the runs' eval.csv without training.
+10,000 at the default 0.01, i.e. the whole budget; 2,000 at 0.05).
+parallel=true runs the seeds at once, one process and one thread each, with each seed's console
+output in <work_dir>/<task>/<seed>/<exp_name>.log. Runs are resumable, so a stopped benchmark
+continues with resume=true. With collect_only=true the CSV is rebuilt from the runs' eval.csv
+without training.
 """
 from __future__ import annotations
 
@@ -41,11 +42,23 @@ def parse(argv):
     if "task" not in args:
         sys.exit("error: pass task=NAME (e.g. task=cartpole-balance).")
     seeds = [int(s) for s in args.pop("seeds", "[1,2]").strip("[]").split(",") if s.strip()]
-    collect_only = args.pop("collect_only", "false") == "true"
-    parallel = args.pop("parallel", "false") == "true"
+    collect_only, parallel = flag(args, "collect_only"), flag(args, "parallel")
     if parallel:
         args.setdefault("threads", "1")
     return args, seeds, collect_only, parallel
+
+
+def flag(args, key) -> bool:
+    value = args.pop(key, "false")
+    if value not in ("true", "false"):
+        sys.exit(f"error: {key} is true or false, got {value!r}.")
+    return value == "true"
+
+
+def run_dir(args, seed) -> str:
+    """The run's directory, as scripts/train.py lays it out."""
+    return os.path.join(ROOT, args.get("work_dir", "logs"), args["task"], str(seed),
+                        args["exp_name"])
 
 
 def collect(args, seeds) -> str:
@@ -54,8 +67,7 @@ def collect(args, seeds) -> str:
     path = os.path.join(out_dir, f"{args['task']}.csv")
     rows = []
     for seed in seeds:
-        ev = os.path.join(ROOT, args.get("work_dir", "logs"), args["task"], str(seed),
-                          args["exp_name"], "eval.csv")
+        ev = os.path.join(run_dir(args, seed), "eval.csv")
         if not os.path.exists(ev):
             continue
         with open(ev) as f:
@@ -84,8 +96,7 @@ def main():
             print("$ " + " ".join(cmd[1:]), flush=True)
             out = None
             if parallel:
-                log = os.path.join(ROOT, args.get("work_dir", "logs"), args["task"], str(seed),
-                                   args["exp_name"] + ".log")
+                log = run_dir(args, seed) + ".log"
                 os.makedirs(os.path.dirname(log), exist_ok=True)
                 out = open(log, "a")
                 print(f"seed {seed}: console output in {log}", flush=True)
