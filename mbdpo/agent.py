@@ -52,8 +52,8 @@ class MBDPO:
         e, mask = m.embed(task), m.action_mask(task)
         z = m.encode(obs, e)
         prev = self.warm.get(stream)
-        if prev is None or prev.shape[0] != E:
-            warm = torch.zeros(E, cfg.horizon, cfg.action_dim, device=self.device)
+        if prev is None or prev.shape[:2] != (E, self.planner.H):
+            warm = torch.zeros(E, self.planner.H, cfg.action_dim, device=self.device)
         else:  # last plan shifted by one step, zero-padded; zeros at t = 0
             warm = torch.cat([prev[:, 1:], torch.zeros_like(prev[:, :1])], 1)
             warm = warm * (~t0.to(self.device)).float()[:, None, None]

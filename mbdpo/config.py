@@ -148,6 +148,12 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     _check(cfg.vmin < cfg.vmax, "vmin", cfg.vmin, f"expected less than vmax ({cfg.vmax})")
     _check(cfg.wandb_mode in ("online", "offline", "disabled"), "wandb_mode", cfg.wandb_mode,
            "expected online, offline or disabled")
+    if cfg.plan_horizon is not None:  # None: plan over horizon steps (see plan_horizon())
+        _positive_int(cfg, "plan_horizon")
+    if cfg.use_score_network and plan_horizon(cfg) != cfg.horizon:
+        raise ConfigError(f"plan_horizon={cfg.plan_horizon} differs from horizon={cfg.horizon}, "
+                          "but the score network plans exactly horizon steps: drop plan_horizon "
+                          "or use_score_network.")
     if cfg.score_only_inference and not cfg.use_score_network:
         raise ConfigError("score_only_inference=true needs use_score_network=true.")
     if cfg.threads is not None:
@@ -165,6 +171,11 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
         cfg.seed_steps = max(1000, 5 * max(cfg.episode_lengths))
     cfg.exp_name = str(cfg.exp_name)
     return cfg
+
+
+def plan_horizon(cfg) -> int:
+    """The planner's look-ahead: ``plan_horizon`` if set, else the training ``horizon``."""
+    return int(cfg.get("plan_horizon") or cfg.horizon)
 
 
 def run_dir(cfg) -> str:

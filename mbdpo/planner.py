@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from mbdpo.config import plan_horizon
+
 
 class DiffusionPlanner:
     def __init__(self, cfg, model):
@@ -18,7 +20,7 @@ class DiffusionPlanner:
         alphas = 1 - betas
         self.alphas = alphas.float()
         self.alphas_bar = torch.cumprod(alphas, 0).float()
-        self.H, self.A = cfg.horizon, cfg.action_dim
+        self.H, self.A = plan_horizon(cfg), cfg.action_dim
         self.K, self.P = cfg.diffusion_num_samples, cfg.diffusion_num_pi_trajs
         self.num_elites, self.temperature = cfg.diffusion_num_elites, cfg.diffusion_temperature
         self.eta = float(cfg.energy_eta)

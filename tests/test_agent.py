@@ -53,6 +53,9 @@ def test_act_shapes_bounds_and_warm_start(small_cfg):
     assert agent.warm["train"].shape == (3, small_cfg.horizon, 1)
     a2 = agent.act(obs, torch.tensor([False, False, False]), eval_mode=True, stream="eval")
     assert a2.shape == (3, 1) and "eval" in agent.warm
+    agent.planner.H = 5  # a longer plan_horizon: the stored 3-step warm start is not reused
+    agent.act(obs, torch.tensor([False, False, False]))
+    assert agent.warm["train"].shape == (3, 5, 1)
 
 
 def test_score_network_trains_and_acts():

@@ -62,8 +62,9 @@ def test_evaluate_loads_checkpoint(state_run):
     _, run, _ = state_run
     ck = os.path.join(run, "models", "final.pt")
     out = cli("evaluate.py", "task=cartpole-balance", f"checkpoint={ck}", "eval_episodes=2",
-              "save_video=true", *TINY)
+              "save_video=true", "plan_horizon=4", *TINY)
     assert "cartpole-balance: reward" in out.stdout and "over 2 episodes" in out.stdout
+    assert "(plan_horizon 4, trained with horizon 3)" in out.stdout
     ev = rows(os.path.join(run, "models", "eval_final.csv"))
     assert ev[-1]["task"] == "cartpole-balance" and float(ev[-1]["episode_reward"]) >= 0
     assert os.path.getsize(os.path.join(run, "models", "eval_final_cartpole-balance.mp4")) > 1000
@@ -160,6 +161,9 @@ def test_wandb_offline(tmp_path):
      "obs=rgb is not available for lift-cube (maniskill2 runs from state here): use obs=state."),
     (["diffusion_num_elites=1000"], "expected at most diffusion_num_samples (512)"),
     (["stepz=10"], "Unknown setting 'stepz'. Did you mean steps"),
+    (["plan_horizon=0"], "Bad value plan_horizon=0: expected a positive integer."),
+    (["use_score_network=true", "plan_horizon=5"],
+     "plan_horizon=5 differs from horizon=3, but the score network plans exactly horizon steps"),
 ])
 def test_bad_input_gets_one_clear_sentence(args, message):
     out = cli("train.py", *args, check=False, timeout=120)

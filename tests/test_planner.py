@@ -59,6 +59,18 @@ def test_planner_without_policy_candidates_also_converges():
     assert (plan - target).abs().max().item() < 0.05
 
 
+def test_plan_horizon_longer_than_the_training_horizon():
+    """plan_horizon=5 on a model trained with horizon 3: plans have 5 steps and all 5 reach
+    the optimum of a 5-step return."""
+    torch.manual_seed(3)
+    target = torch.tensor([[0.4], [-0.5], [0.7], [-0.2], [0.3]])
+    cfg = make_cfg("task=cartpole-balance", "horizon=3", "plan_horizon=5", "energy_eta=0")
+    planner = DiffusionPlanner(cfg, QuadraticModel(target))
+    plan = planner.plan(torch.zeros(2, 1), None, None, torch.ones(2), torch.zeros(2, 5, 1))
+    assert plan.shape == (2, 5, 1)
+    assert (plan - target).abs().max().item() < 0.05
+
+
 def test_update_identity_each_step():
     """x_{τ-1} = (x_τ + (1-ᾱ_τ)·ŝ)/sqrt(α_τ) collapses to sqrt(ᾱ_{τ-1})·X̄."""
     torch.manual_seed(2)

@@ -143,7 +143,7 @@ def curve_value(row: dict) -> float:
 def checkpoint_tasks(cfg, saved: dict, path: str) -> list[str]:
     """The tasks ``task=`` asks to evaluate with a multi-task checkpoint: its whole set (or
     ``eval_tasks``), or one of its tasks."""
-    from mbdpo.config import ConfigError
+    from mbdpo.config import ConfigError, plan_horizon
     from mbdpo.tasks import TASK_SETS
     from mbdpo.trainers.offline import eval_task_list
     task, trained = str(cfg.task), saved.get("task")
@@ -178,7 +178,10 @@ def evaluate_checkpoint(cfg) -> dict:
     state = ckpt.load(cfg.checkpoint)  # None: "No checkpoint given: pass checkpoint=..."
     path = str(cfg.checkpoint)
     saved = state["config"]
-    ckpt.adopt_model_config(cfg, saved, keep=command_line_keys())
+    given = command_line_keys()
+    ckpt.adopt_model_config(cfg, saved, keep=given)
+    if "plan_horizon" not in given:  # plan as the run being evaluated did
+        cfg.plan_horizon = saved.get("plan_horizon")
     ckpt.seed_everything(cfg.seed)
     folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -214,6 +217,8 @@ def evaluate_checkpoint(cfg) -> dict:
            f"over {cfg.eval_episodes} episodes")
     if "episode_success" in row:
         msg += f", success {100 * row['episode_success']:.0f}%"
+    if plan_horizon(cfg) != cfg.horizon:
+        msg += f" (plan_horizon {plan_horizon(cfg)}, trained with horizon {cfg.horizon})"
     print(msg, flush=True)
     CSVLog(os.path.join(folder, f"eval_{stem}.csv"), resume_step=float("inf")).write(row)
     CSVLog(os.path.join(folder, f"curve_{stem}_{cfg.task}.csv"), float("inf")).write(
