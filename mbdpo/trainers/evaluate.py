@@ -143,7 +143,7 @@ def curve_value(row: dict) -> float:
 def checkpoint_tasks(cfg, saved: dict, path: str) -> list[str]:
     """The tasks ``task=`` asks to evaluate with a multi-task checkpoint: its whole set (or
     ``eval_tasks``), or one of its tasks."""
-    from mbdpo.config import ConfigError, plan_horizon
+    from mbdpo.config import ConfigError
     from mbdpo.tasks import TASK_SETS
     from mbdpo.trainers.offline import eval_task_list
     task, trained = str(cfg.task), saved.get("task")
@@ -168,7 +168,7 @@ def evaluate_checkpoint(cfg) -> dict:
     import os
 
     from mbdpo import checkpoint as ckpt
-    from mbdpo.config import ConfigError
+    from mbdpo.config import ConfigError, plan_horizon
     from mbdpo.logging import CSVLog, save_video
     from mbdpo.tasks import TASK_SETS
     from mbdpo.trainers.online import fill_env_dims
