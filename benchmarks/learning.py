@@ -9,8 +9,11 @@ settings of the issue-2 measurements: model_size=1, 128 samples and 10 denoising
 diffusion_betaT=0.02, so that the sampling width still starts at ~0.33 as with the default 20
 steps; with 10 steps and betaT=0.01 it would start at ~0.23), batch 256, seed_steps=1000
 (the default max(1000, 5 x 500) = 2,500 would spend a quarter of a 10k budget on random
-actions) and tau=0.05 (the target Q follows at a time constant of ~1/(tau(1-gamma)) updates:
-10,000 at the default 0.01, i.e. the whole budget; 2,000 at 0.05).
+actions), tau=0.05 (the target Q follows at a time constant of ~1/(tau(1-gamma)) updates:
+10,000 at the default 0.01, i.e. the whole budget; 2,000 at 0.05) and plan_horizon=6 (the
+model is trained on 3 steps, as published, but plans 6 ahead: a 3-step plan covers 0.06 s of
+cartpole and its actions are noisy; the same 10k-step model scored 686 planning 3 steps ahead
+and 997 planning 6).
 parallel=true runs the seeds at once, one process and one thread each, with each seed's console
 output in <work_dir>/<task>/<seed>/<exp_name>.log. Runs are resumable, so a stopped benchmark
 continues with resume=true. With collect_only=true the CSV is rebuilt from the runs' eval.csv
@@ -27,7 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_DEFAULTS = {"model_size": "1", "diffusion_num_samples": "128", "diffusion_steps": "10",
                 "diffusion_betaT": "0.02", "batch_size": "256", "seed_steps": "1000",
-                "tau": "0.05", "eval_freq": "2500",
+                "tau": "0.05", "plan_horizon": "6", "eval_freq": "2500",
                 "eval_episodes": "5",
                 "save_model_every": "0", "exp_name": "learning"}
 
