@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_DEFAULTS = {"model_size": "1", "diffusion_num_samples": "128", "diffusion_steps": "10",
@@ -59,9 +60,10 @@ def flag(args, key) -> bool:
 
 
 def run_dir(args, seed) -> str:
-    """The run's directory, as scripts/train.py lays it out."""
-    return os.path.join(ROOT, args.get("work_dir", "logs"), args["task"], str(seed),
-                        args["exp_name"])
+    """The run's directory, as scripts/train.py lays it out (train.py runs in ROOT)."""
+    from mbdpo.config import run_dir as train_run_dir
+    return train_run_dir(SimpleNamespace(work_dir=os.path.join(ROOT, args.get("work_dir", "logs")),
+                                         task=args["task"], seed=seed, exp_name=args["exp_name"]))
 
 
 def collect(args, seeds) -> str:
