@@ -5,8 +5,8 @@ close the planner runs to the machine's matrix-multiply throughput.
     python benchmarks/speed.py sizes=5,19 device=cuda  # on a GPU
     python benchmarks/speed.py sizes=1 diffusion_num_samples=128 diffusion_steps=10
 
-Prints a table and writes benchmarks/results/speed.json. Other key=value pairs are config
-overrides (any key of cfgs/config.yaml).
+Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes elsewhere).
+Other key=value pairs are config overrides (any key of cfgs/config.yaml).
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, reps: int, warmup: int = 2) -> float:
-    """Median seconds of ``fn()`` over ``reps`` runs."""
+def timed(fn, device, reps: int, warmup: int = 5) -> float:
+    """Median seconds of ``fn()`` over ``reps`` runs, after ``warmup`` runs (CUDA graphs are
+    captured on the fourth call)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -88,8 +89,10 @@ def bench_size(size: int, overrides: list[str], online_steps: int) -> dict:
     obs0 = torch.as_tensor(env.reset()[0]).unsqueeze(0)
     t0 = torch.tensor([False])
     act_s = timed(lambda: agent.act(obs0, t0), device, reps=5)
-    with FlopCounterMode(display=False) as fc:
+    eager, agent.plan_fn = agent.plan_fn, agent._plan  # count on the eager planner: a
+    with FlopCounterMode(display=False) as fc:         # CUDA-graph replay dispatches no ops
         agent.act(obs0, t0)
+    agent.plan_fn = eager
     act_flops = fc.get_total_flops()
     batch = buf.sample(cfg.batch_size, cfg.horizon)
     update_s = timed(lambda: agent.update(batch), device, reps=5)
@@ -114,12 +117,15 @@ def bench_size(size: int, overrides: list[str], online_steps: int) -> dict:
 
 def main():
     sizes, overrides, online_steps = [1, 5], [], 20
+    out = os.path.join(ROOT, "benchmarks", "results", "speed.json")
     for a in sys.argv[1:]:
         k, _, v = a.partition("=")
         if k == "sizes":
             sizes = [int(s) for s in v.strip("[]").split(",")]
         elif k == "online_steps":
             online_steps = int(v)
+        elif k == "out":
+            out = os.path.abspath(v)
         else:
             overrides.append(a)
     if not any(o.startswith("task=") for o in overrides):
@@ -130,7 +136,9 @@ def main():
         torch.set_num_threads(cfg.threads)
     gflops = matmul_gflops(device)
     rows = [bench_size(s, overrides, online_steps) for s in sizes]
-    print(f"\ndevice {device} ({platform.processor() or platform.machine()}, "
+    proc = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+    print(f"\ndevice {device} ({proc}, "
           f"{torch.get_num_threads()} threads), fp32 matmul {gflops:.0f} GFLOP/s, "
           f"task {cfg.task}, planner K={rows[0]['K']} N={rows[0]['N']}, "
           f"batch {rows[0]['batch_size']}")
@@ -142,10 +150,11 @@ def main():
         print(f"{r['model_size']:>5} {r['params'] / 1e6:>8.2f}M {r['act_ms']:>9.1f} "
               f"{r['update_ms']:>10.1f} {r['env_steps_per_s']:>12.2f} {r['act_gflop']:>10.2f} "
               f"{r['planner_gflops']:>16.1f} {100 * r['planner_gflops'] / gflops:>11.0f}%")
-    out = os.path.join(ROOT, "benchmarks", "results", "speed.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"matmul_gflops": gflops, "device": str(device),
+        json.dump({"matmul_gflops": gflops, "device": str(device), "torch": torch.__version__,
+                   "processor": proc,
+                   "overrides": overrides,
                    "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
     print(f"wrote {out}")
 

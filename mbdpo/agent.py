@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mbdpo.cuda_graph import Graphed
 from mbdpo.math import RunningScale
 from mbdpo.planner import DiffusionPlanner
 from mbdpo.world_model import WorldModel
@@ -23,16 +24,23 @@ class MBDPO:
         rest = [p for p in m.parameters()
                 if id(p) not in enc_ids | pi_ids | target_ids]
         self.wm_params = enc + rest
+        # CUDA graphs (cuda_graphs=true on a GPU): the optimisers then step without host syncs
+        self.graphs = (self.device.type == "cuda" and bool(cfg.get("cuda_graphs", False))
+                       and not cfg.compile)
         self.optim = torch.optim.Adam(
-            [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr)
-        self.pi_optim = torch.optim.Adam(m.pi_head.parameters(), lr=cfg.lr, eps=1e-5)
+            [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr,
+            capturable=self.graphs)
+        self.pi_optim = torch.optim.Adam(m.pi_head.parameters(), lr=cfg.lr, eps=1e-5,
+                                         capturable=self.graphs)
         self.scale = RunningScale(cfg.tau).to(self.device)
         self.discounts = torch.tensor(list(cfg.discounts), device=self.device)
         self.rho = cfg.rho ** torch.arange(cfg.horizon + 1, device=self.device, dtype=torch.float)
         self.warm: dict[str, torch.Tensor] = {}  # last plan per stream ('train', 'eval')
-        self.update_fn = self._update
-        if cfg.compile:
-            self.update_fn = torch.compile(self._update, mode="reduce-overhead")
+        self.update_fn, self.plan_fn = self._update, self._plan
+        if self.graphs:
+            self.update_fn, self.plan_fn = Graphed(self._update), Graphed(self._plan)
+        elif cfg.compile:
+            self.update_fn = torch.compile(self._update, mode="reduce-overhead", dynamic=False)
 
     # -- acting ---------------------------------------------------------------------------
     def _discount(self, task, n):
@@ -48,27 +56,33 @@ class MBDPO:
         m, cfg = self.model, self.cfg
         m.eval()
         obs = obs.to(self.device, non_blocking=True)
+        task = None if task is None else task.to(self.device, non_blocking=True)
         E = obs.shape[0]
-        e, mask = m.embed(task), m.action_mask(task)
-        z = m.encode(obs, e)
         prev = self.warm.get(stream)
         if prev is None or prev.shape[:2] != (E, self.planner.H):
             warm = torch.zeros(E, self.planner.H, cfg.action_dim, device=self.device)
         else:  # last plan shifted by one step, zero-padded; zeros at t = 0
             warm = torch.cat([prev[:, 1:], torch.zeros_like(prev[:, :1])], 1)
             warm = warm * (~t0.to(self.device)).float()[:, None, None]
-        if cfg.score_only_inference:
-            plan = self.planner.plan_with_score_net(z, e, mask, warm)
-        else:
-            plan = self.planner.plan(z, e, mask, self._discount(task, E), warm)
+        plan = self.plan_fn(obs, warm, task)
         self.warm[stream] = plan
         a = plan[:, 0]
         if not eval_mode:
             a = (a + cfg.diffusion_action_noise * torch.randn_like(a)).clamp(-1, 1)
+            mask = m.action_mask(task)
             if mask is not None:
                 a = a * mask
         m.train()
         return a
+
+    def _plan(self, obs, warm, task):
+        """Encode, then denoise from the warm start: the plan (E, H, A)."""
+        m = self.model
+        e, mask = m.embed(task), m.action_mask(task)
+        z = m.encode(obs, e)
+        if self.cfg.score_only_inference:
+            return self.planner.plan_with_score_net(z, e, mask, warm)
+        return self.planner.plan(z, e, mask, self._discount(task, obs.shape[0]), warm)
 
     # -- learning -------------------------------------------------------------------------
     def update(self, batch: dict) -> dict:
@@ -192,5 +206,20 @@ class MBDPO:
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
         self.pi_optim.load_state_dict(state["pi_optim"])
+        for opt in (self.optim, self.pi_optim):  # a checkpoint from a CPU run on a GPU, or back
+            set_capturable(opt, self.graphs, self.device)
+        for fn in (self.update_fn, self.plan_fn):  # graphs hold the old optimiser state
+            if isinstance(fn, Graphed):
+                fn.reset()
         self.scale.load_state_dict(state["scale"])
         self.warm = {k: v.to(self.device) for k, v in state.get("warm", {}).items()}
+
+
+def set_capturable(opt: torch.optim.Optimizer, capturable: bool, device) -> None:
+    """Make an optimiser loaded from any checkpoint step the way this agent steps: with
+    ``capturable`` (inside a CUDA graph) its step counters live on the device, else on the CPU."""
+    for group in opt.param_groups:
+        group["capturable"] = capturable
+    for st in opt.state.values():
+        if "step" in st:
+            st["step"] = st["step"].to(device if capturable else "cpu", torch.float32)

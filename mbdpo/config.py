@@ -121,8 +121,8 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
                 "diffusion_num_pi_trajs"):
         _non_negative_number(cfg, key)
     for key in ("multitask", "use_score_network", "score_only_inference", "resume",
-                "save_video", "save_replay", "enable_wandb", "compile", "load_checkpoint",
-                "compare_scratch"):
+                "save_video", "save_replay", "enable_wandb", "compile", "cuda_graphs",
+                "load_checkpoint", "compare_scratch"):
         _bool(cfg, key)
     _check(isinstance(cfg.task_dim, int) and cfg.task_dim >= 0, "task_dim", cfg.task_dim,
            "expected an integer >= 0")

@@ -68,6 +68,19 @@ def squashed_gaussian(mean: torch.Tensor, log_std_raw: torch.Tensor, log_std_min
     return action * mask, (log_prob * mask).sum(-1, keepdim=True) / dims, mu * mask
 
 
+def quantiles(x: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
+    """Quantiles of a 1-D tensor with torch.quantile's linear interpolation, at positions
+    computed on the host from x's length: no device-to-host read, so it runs in a CUDA graph."""
+    s, n = x.sort().values, x.numel()
+    out = []
+    for q in qs:
+        pos = q * (n - 1)
+        i = min(int(pos), n - 1)
+        j = min(i + 1, n - 1)
+        out.append(s[i] + (s[j] - s[i]) * (pos - i))
+    return out
+
+
 class RunningScale(torch.nn.Module):
     """Smoothed 5th–95th percentile range of a quantity (used to scale Q in the policy loss)."""
 
@@ -75,11 +88,11 @@ class RunningScale(torch.nn.Module):
         super().__init__()
         self.tau = tau
         self.register_buffer("value", torch.ones(()))
-        self.register_buffer("q", torch.tensor([0.05, 0.95]))
+        self.register_buffer("q", torch.tensor([0.05, 0.95]))  # kept: checkpoints hold it
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        lo, hi = torch.quantile(x.detach().flatten().float(), self.q)
+        lo, hi = quantiles(x.detach().flatten().float(), (0.05, 0.95))
         self.value.lerp_(hi - lo, self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

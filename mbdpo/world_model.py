@@ -122,7 +122,8 @@ class WorldModel(nn.Module):
 
     def Q_two(self, z, a, e, target=False, detach=False):
         """Values of two ensemble members drawn at random: (2, ...)."""
-        idx = torch.randperm(self.cfg.num_q, device=z.device)[:2]
+        # argsort of uniform draws: a random permutation from the graph-safe generator
+        idx = torch.rand(self.cfg.num_q, device=z.device).argsort()[:2]
         return self.two_hot.decode(self.Q_logits(z, a, e, idx, target=target, detach=detach))
 
     def Q_avg(self, z, a, e, detach=False):

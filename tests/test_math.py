@@ -82,3 +82,13 @@ def test_running_scale_and_meanstd():
     st.update(torch.tensor([1.0, 3.0]))
     assert math.isclose(st.mean.item(), 2.0) and math.isclose(st.var.item(), 1.0)
     assert st(torch.tensor([100.0])).item() == 5.0
+
+
+def test_quantiles_match_torch_quantile():
+    from mbdpo.math import quantiles
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 256, 1000):
+        x = torch.randn(n, generator=g) * 30
+        ours = torch.stack(quantiles(x, (0.0, 0.05, 0.5, 0.95, 1.0)))
+        ref = torch.quantile(x, torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0]))
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
