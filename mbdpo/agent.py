@@ -25,8 +25,7 @@ class MBDPO:
                 if id(p) not in enc_ids | pi_ids | target_ids]
         self.wm_params = enc + rest
         # CUDA graphs (cuda_graphs=true on a GPU): the optimisers then step without host syncs
-        self.graphs = (self.device.type == "cuda" and bool(cfg.get("cuda_graphs", False))
-                       and not cfg.compile)
+        self.graphs = self.device.type == "cuda" and bool(cfg.get("cuda_graphs", False))
         self.optim = torch.optim.Adam(
             [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr,
             capturable=self.graphs)

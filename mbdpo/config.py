@@ -124,6 +124,10 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
                 "save_video", "save_replay", "enable_wandb", "compile", "cuda_graphs",
                 "load_checkpoint", "compare_scratch"):
         _bool(cfg, key)
+    if cfg.compile and cfg.cuda_graphs:
+        raise ConfigError("compile=true and cuda_graphs=true both record CUDA graphs "
+                          "(torch.compile's reduce-overhead mode makes its own): set one of "
+                          "them to false.")
     _check(isinstance(cfg.task_dim, int) and cfg.task_dim >= 0, "task_dim", cfg.task_dim,
            "expected an integer >= 0")
     _check(0 < cfg.rho <= 1, "rho", cfg.rho, "expected a number in (0, 1]")

@@ -164,6 +164,8 @@ def test_wandb_offline(tmp_path):
     (["plan_horizon=0"], "Bad value plan_horizon=0: expected a positive integer."),
     (["use_score_network=true", "plan_horizon=5"],
      "plan_horizon=5 differs from horizon=3, but the score network plans exactly horizon steps"),
+    (["compile=true", "cuda_graphs=true"],
+     "compile=true and cuda_graphs=true both record CUDA graphs"),
 ])
 def test_bad_input_gets_one_clear_sentence(args, message):
     out = cli("train.py", *args, check=False, timeout=120)
