@@ -4,16 +4,13 @@ published format (benchmarks/results/learning/<task>.csv with columns step,rewar
     python benchmarks/learning.py task=cartpole-balance steps=10000 seeds=[1,2] parallel=true
     python benchmarks/learning.py task=cartpole-swingup steps=30000 seeds=[1,2] resume=true
 
-Every other key=value is passed to scripts/train.py. The defaults below are the small CPU
-settings of the issue-2 measurements: model_size=1, 128 samples and 10 denoising steps (with
-diffusion_betaT=0.02, so that the sampling width still starts at ~0.33 as with the default 20
-steps; with 10 steps and betaT=0.01 it would start at ~0.23), batch 256, seed_steps=1000
-(the default max(1000, 5 x 500) = 2,500 would spend a quarter of a 10k budget on random
-actions), tau=0.05 (the target Q follows at a time constant of ~1/(tau(1-gamma)) updates:
-10,000 at the default 0.01, i.e. the whole budget; 2,000 at 0.05) and plan_horizon=6 (the
-model is trained on 3 steps, as published, but plans 6 ahead: a 3-step plan covers 0.06 s of
-cartpole and its actions are noisy; the same 10k-step model scored 686 planning 3 steps ahead
-and 997 planning 6).
+Every other key=value is passed to scripts/train.py. The defaults below are the published
+algorithm (cfgs/config.yaml: horizon = plan_horizon = 3, tau 0.01, betaT 0.01, 64 elites, 24
+policy candidates, batch 256, ...) with only compute and budget reduced for this CPU:
+model_size=1, 128 samples and 10 denoising steps (the published beta range 1e-4..1e-2 over 10
+steps: the candidates' width starts at ~0.23 instead of ~0.33 and ends at ~0.036 instead of
+~0.027), seed_steps=1000 (the default max(1000, 5 x 500) = 2,500 would spend a quarter of a
+10k budget on random actions), and evaluations of 5 episodes every 2,500 steps.
 parallel=true runs the seeds at once, one process and one thread each, with each seed's console
 output in <work_dir>/<task>/<seed>/<exp_name>.log. Runs are resumable, so a stopped benchmark
 continues with resume=true. With collect_only=true the CSV is rebuilt from the runs' eval.csv
@@ -22,6 +19,7 @@ without training.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -30,9 +28,7 @@ from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_DEFAULTS = {"model_size": "1", "diffusion_num_samples": "128", "diffusion_steps": "10",
-                "diffusion_betaT": "0.02", "batch_size": "256", "seed_steps": "1000",
-                "tau": "0.05", "plan_horizon": "6", "eval_freq": "2500",
-                "eval_episodes": "5",
+                "seed_steps": "1000", "eval_freq": "2500", "eval_episodes": "5",
                 "save_model_every": "0", "exp_name": "learning"}
 
 
@@ -67,21 +63,38 @@ def run_dir(args, seed) -> str:
 
 
 def collect(args, seeds) -> str:
+    """Write <task>.csv (step,reward,seed) from the runs' eval.csv, and <task>.json beside it:
+    the settings, and per seed the steps reached, the wall time (evaluations included), the
+    steps per second and the code versions (commits) that made the run."""
     out_dir = os.path.join(ROOT, "benchmarks", "results", "learning")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{args['task']}.csv")
-    rows = []
+    rows, runs = [], {}
     for seed in seeds:
         ev = os.path.join(run_dir(args, seed), "eval.csv")
         if not os.path.exists(ev):
             continue
         with open(ev) as f:
-            rows += [(int(float(r["step"])), float(r["episode_reward"]), seed)
-                     for r in csv.DictReader(f)]
+            evals = list(csv.DictReader(f))
+        rows += [(int(float(r["step"])), float(r["episode_reward"]), seed) for r in evals]
+        if not evals:
+            continue
+        steps, wall = int(float(evals[-1]["step"])), float(evals[-1]["elapsed_time"])
+        meta = os.path.join(run_dir(args, seed), "metadata.json")
+        commits = []
+        if os.path.exists(meta):
+            with open(meta) as f:
+                commits = json.load(f).get("commits", [])
+        runs[seed] = {"steps": steps, "wall_s": round(wall), "steps_per_s":
+                      round(steps / max(wall, 1e-9), 3), "commits": commits}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "reward", "seed"])
         w.writerows(sorted(rows, key=lambda r: (r[2], r[0])))
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump({"task": args["task"], "settings": {k: v for k, v in args.items()
+                                                      if k != "task"},
+                   "runs": runs}, f, indent=1)
     return path
 
 

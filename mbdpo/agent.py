@@ -124,7 +124,7 @@ class MBDPO:
         total = (cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss
                  + cfg.value_coef * value_loss)
         out = {"consistency_loss": consistency, "reward_loss": reward_loss,
-               "value_loss": value_loss}
+               "value_loss": value_loss, "td_target": td.mean()}
         if m.termination_head is not None:
             term_loss = weighted(F.binary_cross_entropy_with_logits(
                 m.termination_logit(zs[1:], e), terminated, reduction="none"))
@@ -154,10 +154,12 @@ class MBDPO:
 
     def _energy_loss(self, z, action, e, mask, weighted):
         """Logistic classifier F: replay actions are positives; the hardest of three
-        candidates (a policy sample, it plus noise, a uniform action) is the negative."""
+        candidates (a policy sample, it plus noise, a uniform action) is the negative. F reads
+        detached latents and task embeddings: this loss trains F alone."""
         m = self.model
+        z, e = z.detach(), None if e is None else e.detach()
         with torch.no_grad():
-            a_pi, _, _ = m.pi(z.detach(), e, mask)
+            a_pi, _, _ = m.pi(z, e, mask)
             negs = torch.stack([
                 a_pi, (a_pi + self.cfg.energy_neg_noise * torch.randn_like(a_pi)).clamp(-1, 1),
                 torch.rand_like(a_pi) * 2 - 1])  # (3, H, B, A)
@@ -168,7 +170,7 @@ class MBDPO:
         pos, neg_all = logits[0], logits[1:]
         hardest = neg_all.detach().argmax(0, keepdim=True)
         neg = torch.gather(neg_all, 0, hardest).squeeze(0)
-        m.energy_stats.update(logits)
+        m.energy_stats.update(torch.stack([pos, neg]))  # the logits that enter the loss
         loss = 0.5 * (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="none")
                       + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg),
                                                            reduction="none"))
@@ -184,11 +186,12 @@ class MBDPO:
     def _pi_step(self, zs, e, mask):
         m, cfg = self.model, self.cfg
         mask_h = None if mask is None else mask.unsqueeze(0)
-        a, log_prob, _ = m.pi(zs, e, mask_h)
+        a, scaled_log_prob, _ = m.pi(zs, e, mask_h)
         q = m.Q_avg(zs, a, e, detach=True)  # (H+1, B)
         self.scale.update(q[0])
         q = self.scale(q)
-        loss = ((cfg.entropy_coef * log_prob.squeeze(-1) - q).mean(1) * self.rho).mean()
+        # maximise scaled Q plus the entropy bonus (TD-MPC2's scaled entropy = -scaled_log_prob)
+        loss = ((cfg.entropy_coef * scaled_log_prob.squeeze(-1) - q).mean(1) * self.rho).mean()
         self.pi_optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.pi_head.parameters(), cfg.grad_clip_norm)

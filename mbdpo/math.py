@@ -50,22 +50,22 @@ class TwoHot:
 
 def squashed_gaussian(mean: torch.Tensor, log_std_raw: torch.Tensor, log_std_min: float,
                       log_std_max: float, mask: torch.Tensor | None = None):
-    """Sample a tanh-squashed Gaussian. Returns (action, log-prob per action dimension
-    averaged over the used dimensions (..., 1), mean action).
+    """Sample a tanh-squashed Gaussian. Returns (action, Gaussian log-prob (..., 1), mean action).
 
-    ``log_std_raw`` is mapped to [log_std_min, log_std_max] through tanh. Dimensions where
-    ``mask`` is 0 give action 0 and do not count in the log-prob.
+    The log-prob is that of the Gaussian sample *before* the tanh, summed over the used action
+    dimensions: the quantity TD-MPC2's scaled entropy is built from (its tanh Jacobian terms
+    cancel there, so they are not computed). ``log_std_raw`` is mapped to
+    [log_std_min, log_std_max] through tanh. Dimensions where ``mask`` is 0 give action 0 and
+    do not count in the log-prob.
     """
     log_std = log_std_min + 0.5 * (log_std_max - log_std_min) * (torch.tanh(log_std_raw) + 1)
     eps = torch.randn_like(mean)
     action = torch.tanh(mean + eps * log_std.exp())
-    log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-                - torch.log(F.relu(1 - action.pow(2)) + 1e-6))
+    log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
     mu = torch.tanh(mean)
     if mask is None:
-        return action, log_prob.mean(-1, keepdim=True), mu
-    dims = mask.sum(-1, keepdim=True)
-    return action * mask, (log_prob * mask).sum(-1, keepdim=True) / dims, mu * mask
+        return action, log_prob.sum(-1, keepdim=True), mu
+    return action * mask, (log_prob * mask).sum(-1, keepdim=True), mu * mask
 
 
 def quantiles(x: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
@@ -92,27 +92,38 @@ class RunningScale(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
+        """Smooth the range, clamped to at least 1, into the scale (TD-MPC2's order: clamp,
+        then average, so a run of small ranges cannot pull the scale below 1)."""
         lo, hi = quantiles(x.detach().flatten().float(), (0.05, 0.95))
-        self.value.lerp_(hi - lo, self.tau)
+        self.value.lerp_((hi - lo).clamp(min=1.0), self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / self.value.clamp(min=1.0)
+        return x / self.value.clamp(min=1.0)  # the clamp only matters for old checkpoints
 
 
 class RunningMeanStd(torch.nn.Module):
-    """Exponential running mean and std (momentum m) used to normalise energy logits."""
+    """Exponential running mean and std (momentum m) used to normalise energy logits:
+    ``mean <- m·mean + (1-m)·batch mean`` and the same for the (biased) batch std, as the
+    published code keeps them; ``forward`` gives clip((x - mean)/std, -clip, clip)."""
 
     def __init__(self, momentum: float, clip: float):
         super().__init__()
         self.momentum, self.clip = momentum, clip
         self.register_buffer("mean", torch.zeros(()))
-        self.register_buffer("var", torch.ones(()))
+        self.register_buffer("std", torch.ones(()))
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().float()
         self.mean.lerp_(x.mean(), 1 - self.momentum)
-        self.var.lerp_(x.var(unbiased=False), 1 - self.momentum)
+        self.std.lerp_(x.std(unbiased=False).clamp(min=1e-6), 1 - self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / (self.var.sqrt() + 1e-6)).clamp(-self.clip, self.clip)
+        return ((x - self.mean) / self.std.clamp(min=1e-6)).clamp(-self.clip, self.clip)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the std was kept held a running variance instead
+        var = state_dict.pop(prefix + "var", None)
+        if var is not None and prefix + "std" not in state_dict:
+            state_dict[prefix + "std"] = var.sqrt()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -30,19 +30,28 @@ class DiffusionPlanner:
         return self
 
     # -- the imagined return -----------------------------------------------------------
-    def returns(self, z: torch.Tensor, X: torch.Tensor, e, discount: torch.Tensor):
-        """J(X) = Σ_t γ^t [R + η F̂](z_t, a_t) + γ^H Q_avg(z_H, π(z_H)).
+    def returns(self, z: torch.Tensor, X: torch.Tensor, e, discount: torch.Tensor, mask=None,
+                num_pi: int = 0):
+        """J(X) = Σ_t γ^t [R + η F̂](z_t, a_t) + γ^H Q_avg(z_H, π(z_H)) of every candidate, in
+        one pass and so under one draw of the Q pair: their ranking is never a matter of which
+        ensemble members scored them.
 
         z: (E, L) start latents; X: (E, K, H, A) candidate plans; e: (E, 1, T) or None;
-        discount: (E, 1). Returns (E, K).
+        discount: (E, 1); mask: (E, 1, A) or None. ``num_pi`` policy-prior candidates are put in
+        front of X: their actions are drawn from π at each latent they reach, in the same pass.
+        Returns J (E, num_pi + K) and the plans it scored (E, num_pi + K, H, A).
         """
         model = self.model
-        z = z.unsqueeze(1).expand(-1, X.shape[1], -1)  # (E, K, L)
-        J = torch.zeros(X.shape[:2], device=X.device)
+        z = z.unsqueeze(1).expand(-1, num_pi + X.shape[1], -1)  # (E, P + K, L)
+        J = torch.zeros(z.shape[:2], device=X.device)
         gamma = torch.ones_like(discount)
         alive = None
+        acts = []
         for t in range(self.H):
             a = X[:, :, t]
+            if num_pi:  # the policy-prior candidates act at their own imagined latents
+                a = torch.cat([model.pi(z[:, :num_pi], e, mask)[0], a], 1)
+                acts.append(a)
             r = model.reward(z, a, e)
             if self.eta:
                 r = r + self.eta * model.energy(z, a, e)
@@ -52,33 +61,22 @@ class DiffusionPlanner:
             if model.termination_head is not None:
                 fired = (model.termination_logit(z, e) > 0).float()
                 alive = (1 - fired) if alive is None else alive * (1 - fired)
-        a, _, _ = model.pi(z, e)
+        a, _, _ = model.pi(z, e, mask)  # padded action dimensions masked, as everywhere
         q = model.Q_avg(z, a, e)
-        return J + gamma * (q if alive is None else q * alive)
-
-    def policy_rollouts(self, z: torch.Tensor, e, mask) -> torch.Tensor:
-        """P plans (E, P, H, A) proposed by rolling the policy prior out in the model."""
-        z = z.unsqueeze(1).expand(-1, self.P, -1)
-        acts = []
-        for _ in range(self.H):
-            a, _, _ = self.model.pi(z, e, mask)
-            acts.append(a)
-            z = self.model.next(z, a, e)
-        return torch.stack(acts, dim=2)
+        J = J + gamma * (q if alive is None else q * alive)
+        return J, (torch.stack(acts, 2) if num_pi else X)
 
     # -- one denoising step --------------------------------------------------------------
-    def weighted_mean(self, z, e, mask, discount, x, abar, pi_X, pi_J):
-        """Draw candidates around x/sqrt(ᾱ), score them by J, return the softmax-weighted mean
-        of the elites X̄ (E, H, A). ``abar`` is a scalar or (E, 1, 1, 1)."""
+    def weighted_mean(self, z, e, mask, discount, x, abar):
+        """Draw K candidates around x/sqrt(ᾱ) (the first P of them fresh rollouts of the
+        policy prior), score all of them in one call, return the softmax-weighted mean of the
+        elites X̄ (E, H, A). ``abar`` is a scalar or (E, 1, 1, 1); mask is (E, 1, A) or None."""
         E = x.shape[0]
-        n_noise = self.K - self.P
-        eps = torch.randn(E, n_noise, self.H, self.A, device=x.device)
+        eps = torch.randn(E, self.K - self.P, self.H, self.A, device=x.device)
         X = (x.unsqueeze(1) / abar.sqrt() + ((1 - abar) / abar).sqrt() * eps).clamp(-1, 1)
         if mask is not None:
-            X = X * mask
-        J = self.returns(z, X, e, discount)
-        if self.P:
-            X, J = torch.cat([pi_X, X], 1), torch.cat([pi_J, J], 1)
+            X = X * mask.unsqueeze(1)
+        J, X = self.returns(z, X, e, discount, mask, num_pi=self.P)
         J = (J - J.mean(1, keepdim=True)) / (J.std(1, keepdim=True) + 1e-6)
         elite_J, idx = torch.topk(J, self.num_elites, dim=1)  # (E, n_elites)
         elites = torch.gather(X, 1, idx[:, :, None, None].expand(-1, -1, self.H, self.A))
@@ -86,28 +84,22 @@ class DiffusionPlanner:
         return (w[:, :, None, None] * elites).sum(1)
 
     # -- the planner -----------------------------------------------------------------------
-    def _context(self, z, e, mask, discount):
-        """Shapes for candidate batches, and the policy-prior plans with their returns (they
-        do not depend on the diffusion step, so they are rolled out once per call)."""
-        e3 = None if e is None else e.unsqueeze(1)
-        m4 = None if mask is None else mask[:, None, None, :]
-        discount = discount.unsqueeze(1)
-        pi_X = pi_J = None
-        if self.P:
-            pi_X = self.policy_rollouts(z, e3, None if mask is None else mask[:, None, :])
-            pi_J = self.returns(z, pi_X, e3, discount)
-        return e3, m4, discount, pi_X, pi_J
+    @staticmethod
+    def _per_env(e, mask, discount):
+        """Task embedding (E, 1, T), mask (E, 1, A) and discount (E, 1): broadcast over K."""
+        return (None if e is None else e.unsqueeze(1), None if mask is None else mask.unsqueeze(1),
+                discount.unsqueeze(1))
 
     @torch.no_grad()
     def plan(self, z, e, mask, discount, mu_warm):
         """Denoise from the warm start to a plan. z (E, L); e (E, T) or None; mask (E, A) or
         None; discount (E,); mu_warm (E, H, A). Returns the plan (E, H, A) in [-1, 1]."""
-        e3, m4, discount, pi_X, pi_J = self._context(z, e, mask, discount)
+        e, mask, discount = self._per_env(e, mask, discount)
         N = len(self.alphas_bar)
         x = self.alphas_bar[N - 1].sqrt() * mu_warm
         for i in range(N - 1, 0, -1):
             abar = self.alphas_bar[i]
-            x_bar = self.weighted_mean(z, e3, m4, discount, x, abar, pi_X, pi_J)
+            x_bar = self.weighted_mean(z, e, mask, discount, x, abar)
             score = self.score_from_mean(x, x_bar, abar)  # Monte-Carlo score estimate
             x = (x + (1 - abar) * score) / self.alphas[i].sqrt()
         return x.clamp(-1, 1)
@@ -140,6 +132,6 @@ class DiffusionPlanner:
         tau = torch.randint(1, N, (B,), device=x0.device)
         abar = self.alphas_bar[tau][:, None, None]
         x = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn_like(x0)
-        e3, m4, discount, pi_X, pi_J = self._context(z, e, mask, discount)
-        x_bar = self.weighted_mean(z, e3, m4, discount, x, abar[..., None], pi_X, pi_J)
+        e, mask, discount = self._per_env(e, mask, discount)
+        x_bar = self.weighted_mean(z, e, mask, discount, x, abar[..., None])
         return x, tau, x_bar

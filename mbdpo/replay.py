@@ -58,7 +58,13 @@ class EpisodeReplay:
         self.num_episodes += 1
 
     def num_transitions(self) -> int:
-        return max(0, self.size - self.num_episodes)
+        """Stored transitions: entries whose predecessor in their episode is stored too (after
+        the ring wraps, the oldest episode may have lost its first entries)."""
+        prev = torch.roll(torch.arange(self.capacity), 1)[:self.size]
+        cur = torch.arange(self.size)
+        linked = (self.episode[cur] == self.episode[prev]) & (
+            self.steps_left[prev] == self.steps_left[cur] + 1)
+        return int(linked.sum())
 
     def sample_starts(self, batch_size: int, horizon: int) -> torch.Tensor:
         out = torch.empty(0, dtype=torch.long)

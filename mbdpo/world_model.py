@@ -103,14 +103,15 @@ class WorldModel(nn.Module):
         return self.termination_head(self._cat(z, self._rows(e, z))).squeeze(-1)
 
     def pi(self, z, e, mask=None):
-        """Squashed-Gaussian policy prior: (action sample, log-prob, mean action). The log-prob
-        is the sum over the used action dimensions times their number (the entropy bonus is
-        scaled by action dims, as in TD-MPC2). Masked action dimensions are zero."""
+        """Squashed-Gaussian policy prior: (action sample, scaled log-prob (..., 1), mean
+        action). The scaled log-prob is the Gaussian log-prob of the sample before the tanh,
+        summed over the used action dimensions, times their number: minus TD-MPC2's "scaled
+        entropy", the policy loss's entropy term. Masked action dimensions are zero."""
         mean, log_std = self.pi_head(self._cat(z, self._rows(e, z))).chunk(2, dim=-1)
         action, log_prob, mu = m.squashed_gaussian(mean, log_std, self.cfg.log_std_min,
                                                    self.cfg.log_std_max, mask=mask)
         dims = mean.shape[-1] if mask is None else mask.sum(-1, keepdim=True)
-        return action, log_prob * dims * dims, mu
+        return action, log_prob * dims, mu
 
     def Q_logits(self, z, a, e, idx=None, target=False, detach=False):
         """Logits of the ensemble members ``idx`` (all when None): (n, ..., num_bins)."""

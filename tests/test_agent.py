@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -46,7 +48,7 @@ def test_energy_learns_to_prefer_replay_actions(small_cfg):
     assert pos > neg + 0.1, (pos.item(), neg.item())
 
 
-def test_act_shapes_bounds_and_warm_start(small_cfg):
+def test_act_shapes_and_bounds(small_cfg):
     agent = MBDPO(small_cfg)
     obs = torch.randn(3, small_cfg.obs_dim)
     a = agent.act(obs, torch.tensor([True, True, True]))
@@ -57,6 +59,102 @@ def test_act_shapes_bounds_and_warm_start(small_cfg):
     agent.planner.H = 5  # a longer plan_horizon: the stored 3-step warm start is not reused
     agent.act(obs, torch.tensor([False, False, False]))
     assert agent.warm["train"].shape == (3, 5, 1)
+
+
+def test_warm_start_is_the_last_plan_shifted_by_one(small_cfg):
+    """μ_warm = last plan shifted one step, zero-padded; zeros where an episode starts; the
+    eval stream keeps its own. The executed action is the plan's first step."""
+    torch.manual_seed(0)
+    agent = MBDPO(small_cfg)
+    seen = []
+    orig = agent.plan_fn
+
+    def recording(obs, warm, task):
+        plan = orig(obs, warm, task)
+        seen.append((warm.clone(), plan.clone()))
+        return plan
+
+    agent.plan_fn = recording
+    obs = torch.randn(3, small_cfg.obs_dim)
+    a0 = agent.act(obs, torch.tensor([True, True, True]), eval_mode=True)
+    agent.act(obs, torch.tensor([False, True, False]), eval_mode=True)
+    agent.act(obs, torch.tensor([True, True, True]), eval_mode=True, stream="eval")
+    agent.act(obs, torch.tensor([False, False, False]), eval_mode=True)
+    (w0, p0), (w1, p1), (w2, _), (w3, _) = seen
+    assert torch.equal(a0, p0[:, 0])
+    assert not w0.any() and not w2.any()
+    shifted = torch.cat([p0[:, 1:], torch.zeros(3, 1, 1)], 1)
+    assert p0[:, 1:].abs().min() > 0  # a non-trivial plan to shift
+    assert torch.equal(w1[0], shifted[0]) and torch.equal(w1[2], shifted[2])
+    assert not w1[1].any()  # env 1 started a new episode
+    # the eval call in between did not touch the train stream's warm start
+    assert torch.equal(w3, torch.cat([p1[:, 1:], torch.zeros(3, 1, 1)], 1))
+
+
+def test_energy_loss_trains_only_F(small_cfg):
+    """The classifier's gradient reaches F alone: zero for the encoder and the dynamics that
+    made the latents it reads."""
+    torch.manual_seed(0)
+    agent = MBDPO(small_cfg)
+    m = agent.model
+    with torch.no_grad():  # F's last layer starts at zero, which would pass no gradient back
+        m.energy_head[-1].weight.normal_(0, 0.3)
+    batch = fixed_batch(small_cfg)
+    zs = [m.encode(batch["obs"][0], None)]
+    for t in range(small_cfg.horizon):
+        zs.append(m.next(zs[-1], batch["action"][t], None))
+    loss = agent._energy_loss(torch.stack(zs[:-1]), batch["action"], None, None,
+                              lambda x: x.mean())
+    loss.backward()
+    for name, net in (("encoder", m.encoder), ("dynamics", m.dynamics)):
+        for p in net.parameters():
+            assert p.grad is None or not p.grad.any(), name
+    assert all(p.grad.abs().sum() > 0 for p in m.energy_head.parameters())
+
+
+def test_energy_statistics_come_from_the_logits_in_the_loss(small_cfg):
+    """The running mean/std track the positives and the chosen (hardest) negatives."""
+    torch.manual_seed(0)
+    small_cfg.energy_momentum = 0.0  # the statistics of this one batch
+    agent = MBDPO(small_cfg)
+    m = agent.model
+    with torch.no_grad():
+        m.energy_head[-1].weight.normal_(0, 0.3)
+    batch = fixed_batch(small_cfg)
+    z = m.encode(batch["obs"][:-1], None).detach()  # (H, B, L)
+    torch.manual_seed(5)
+    agent._energy_loss(z, batch["action"], None, None, lambda x: x.mean())
+    torch.manual_seed(5)  # the same three candidates: π's sample, it plus noise, uniform
+    with torch.no_grad():
+        a_pi = m.pi(z, None, None)[0]
+        cands = [a_pi, (a_pi + 0.5 * torch.randn_like(a_pi)).clamp(-1, 1),
+                 torch.rand_like(a_pi) * 2 - 1]
+        neg = torch.stack([m.energy_logit(z, a, None) for a in cands]).amax(0)
+        pos = m.energy_logit(z, batch["action"], None)
+    used = torch.stack([pos, neg])
+    torch.testing.assert_close(m.energy_stats.mean, used.mean())
+    torch.testing.assert_close(m.energy_stats.std, used.std(unbiased=False))
+
+
+def test_policy_entropy_term_is_tdmpc2s_scaled_entropy(small_cfg):
+    """π returns the pre-tanh Gaussian log-prob summed over the used dims times their number
+    (minus TD-MPC2's scaled entropy): with the mean saturated it is the same as unsaturated."""
+    small_cfg.action_dim = 3
+    m = MBDPO(small_cfg).model
+    z = torch.rand(4, small_cfg.latent_dim)
+    outs = []
+    for shift in (0.0, 9.0):  # tanh(mean) ~ 1: the tanh Jacobian would be ~ -log(1e-6) per dim
+        with torch.no_grad():
+            m.pi_head[-1].bias[:3] = shift
+        torch.manual_seed(0)
+        outs.append(m.pi(z, None)[1])
+    torch.testing.assert_close(outs[0], outs[1])
+    mean, raw = m.pi_head(z).chunk(2, dim=-1)
+    log_std = -10 + 0.5 * 12 * (torch.tanh(raw) + 1)
+    torch.manual_seed(0)
+    u = mean + torch.randn_like(mean) * log_std.exp()
+    expect = torch.distributions.Normal(mean, log_std.exp()).log_prob(u).sum(-1) * 3
+    torch.testing.assert_close(outs[1].squeeze(-1), expect, rtol=1e-5, atol=1e-4)
 
 
 def test_score_network_trains_and_acts():
@@ -150,6 +248,9 @@ def test_replay_never_crosses_episode_boundaries():
         assert (b["task"].float() == ep_of[0]).all()
         # rewards are consecutive steps of the episode
         assert (b["reward"][1:] - b["reward"][:-1] == 1).all()
+    # 78 entries in a ring of 50: stored are the last 9 entries of episode 3 (8 transitions:
+    # its first stored entry lost its predecessor) and episodes 4-6 whole (20 + 3 + 15)
+    assert rb.num_transitions() == 8 + 20 + 3 + 15
     # the oldest, overwritten episodes are never sampled whole-ring stale
     state = rb.state_dict()
     rb2 = EpisodeReplay(capacity=50, obs_shape=(1,), action_dim=1)
@@ -229,3 +330,87 @@ def test_cuda_graphs_match_eager():
     for a, b in zip(pe, pg):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert lg[-1]["total_loss"] < lg[0]["total_loss"]  # replays train
+
+
+# -- ALGORITHM.md §2 written out plainly, to check update() against ---------------------------
+def _symlog(x):
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def _two_hot(y, bins=101, lo=-10.0, hi=10.0):
+    """Scalars (...,) -> (..., bins): weights on the two bins around symlog(y)."""
+    pos = (_symlog(y).clamp(lo, hi) - lo) / ((hi - lo) / (bins - 1))
+    left = pos.floor().clamp(max=bins - 2)
+    frac = (pos - left).unsqueeze(-1)
+    one = torch.nn.functional.one_hot
+    return (one(left.long(), bins) * (1 - frac) + one(left.long() + 1, bins) * frac)
+
+
+def _decode(logits, lo=-10.0, hi=10.0):
+    y = torch.softmax(logits, -1) @ torch.linspace(lo, hi, logits.shape[-1])
+    return torch.sign(y) * torch.expm1(y.abs())
+
+
+def _soft_ce(logits, y):
+    return -(_two_hot(y) * torch.log_softmax(logits, -1)).sum(-1)
+
+
+def _q_member(ens, j, z, a):
+    """Member j of a stacked ensemble, layer by layer: linear, LayerNorm with the member's
+    affine, Mish; the last layer linear."""
+    x = torch.cat([z, a], -1)
+    n = len(ens.weights)
+    for i in range(n):
+        x = x @ ens.weights[i][j] + ens.biases[i][j, 0]
+        if i < n - 1:
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:]) * ens.ln_w[i][j, 0] \
+                + ens.ln_b[i][j, 0]
+            x = torch.nn.functional.mish(x)
+    return x
+
+
+def test_update_losses_match_a_plain_reimplementation_of_section_2():
+    """TD target, consistency, reward and value losses of update() equal ALGORITHM.md §2
+    computed by hand on a fixed batch (num_q=2, so 'two random members' are both; no dropout,
+    so the only randomness is π's noise at the next latents, the update's first draw)."""
+    cfg = make_cfg("task=cartpole-balance", "model_size=1", "batch_size=32", "dropout=0",
+                   "diffusion_num_samples=16", "diffusion_num_elites=4",
+                   "diffusion_num_pi_trajs=2", "diffusion_steps=3")
+    assert cfg.num_q == 2
+    torch.manual_seed(0)
+    agent = MBDPO(cfg)
+    batch = fixed_batch(cfg)
+    batch["terminated"][1, :5] = 1.0  # some terminal transitions
+    for _ in range(8):  # value and reward heads away from their zero start
+        agent.update(batch)
+    m = copy.deepcopy(agent.model)  # the parameters the next update reads
+    torch.manual_seed(123)
+    out = agent.update(batch)
+
+    H, B, A = cfg.horizon, 32, 1
+    obs, act, rew, term = batch["obs"], batch["action"], batch["reward"], batch["terminated"]
+    gamma, rho = cfg.discounts[0], torch.tensor([cfg.rho ** t for t in range(H)])
+    assert gamma == 0.99  # cartpole: L = 500 agent steps (action repeat 2), (100 - 1)/100
+    torch.manual_seed(123)
+    eps = torch.randn(H, B, A)
+    with torch.no_grad():
+        z_next = m.encoder(obs[1:])  # z'_t = h(s_{t+1})
+        mean, raw = m.pi_head(z_next).chunk(2, -1)
+        log_std = cfg.log_std_min + 0.5 * (cfg.log_std_max - cfg.log_std_min) * (torch.tanh(raw) + 1)
+        a_next = torch.tanh(mean + eps * log_std.exp())
+        q_next = torch.stack([_decode(_q_member(m.Qs_target, j, z_next, a_next))
+                              for j in range(2)]).min(0).values
+        y = rew + gamma * (1 - term) * q_next  # (H, B)
+        z = [m.encoder(obs[0])]
+        for t in range(H):
+            z.append(m.dynamics(torch.cat([z[-1], act[t]], -1)))
+        z = torch.stack(z)
+        consistency = sum(rho[t] * (z[t + 1] - z_next[t]).pow(2).mean() for t in range(H)) / H
+        reward = sum(rho[t] * _soft_ce(m.reward_head(torch.cat([z[t], act[t]], -1)), rew[t]).mean()
+                     for t in range(H)) / H
+        value = sum(rho[t] * _soft_ce(_q_member(m.Qs, j, z[t], act[t]), y[t]).mean()
+                    for t in range(H) for j in range(2)) / (2 * H)
+    for key, ref in (("td_target", y.mean()), ("consistency_loss", consistency),
+                     ("reward_loss", reward), ("value_loss", value)):
+        torch.testing.assert_close(out[key], ref, rtol=1e-5, atol=1e-5, msg=key)
+    assert y[1, :5].sub(rew[1, :5]).abs().max() == 0  # no bootstrap past a termination

@@ -2,6 +2,7 @@
 resume continues without duplicated rows, a signal saves before exiting, evaluate.py loads the
 checkpoint, and user mistakes get one clear sentence."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from mbdpo.trainers.base import code_version
 from tests.conftest import ROOT
 
 TINY = ["model_size=1", "diffusion_num_samples=32", "diffusion_num_elites=8",
@@ -55,6 +57,9 @@ def test_train_writes_csvs_and_checkpoints(state_run):
     assert state["step"] == 1000 and state["config"]["model_size"] == 1
     assert {"model", "optim", "pi_optim", "scale", "warm"} <= set(state["agent"])
     assert "steps/s" in stdout and "ETA" in stdout and "Pretraining on" in stdout
+    with open(os.path.join(run, "metadata.json")) as f:  # the code that made the run
+        assert json.load(f)["commits"] == [code_version()]
+    assert code_version() != "unknown"
 
 
 @pytest.mark.slow
@@ -99,6 +104,8 @@ def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
     assert state["step"] == 1500 and state["counters"]["episode"] == 3
     replay = torch.load(os.path.join(run2, "models", "replay.pt"), weights_only=True)
     assert replay["num_episodes"] == 3 and replay["size"] == 3 * 501
+    with open(os.path.join(run2, "metadata.json")) as f:  # the same code: one entry
+        assert json.load(f)["commits"] == [code_version()]
 
 
 @pytest.mark.slow
@@ -187,7 +194,9 @@ def test_contrastive_eta_alias():
     from tests.conftest import make_cfg
     cfg = make_cfg("task=cartpole-balance", "contrastive_eta=0.7")
     assert cfg.energy_eta == 0.7
-    assert make_cfg("task=cartpole-balance").device == "cpu"  # device=auto without CUDA
+    # device=auto: CUDA where there is one, else the CPU
+    assert make_cfg("task=cartpole-balance").device == ("cuda" if torch.cuda.is_available()
+                                                        else "cpu")
 
 
 @pytest.fixture(scope="module")

@@ -80,8 +80,54 @@ def test_running_scale_and_meanstd():
     assert math.isclose(rs(torch.tensor(90.0)).item(), 1.0, rel_tol=1e-3)
     st = RunningMeanStd(momentum=0.0, clip=5)
     st.update(torch.tensor([1.0, 3.0]))
-    assert math.isclose(st.mean.item(), 2.0) and math.isclose(st.var.item(), 1.0)
+    assert math.isclose(st.mean.item(), 2.0) and math.isclose(st.std.item(), 1.0)
     assert st(torch.tensor([100.0])).item() == 5.0
+
+
+def test_running_scale_averages_clamped_ranges():
+    """TD-MPC2's order: each range is clamped to >= 1, then smoothed. Ranges of 0.2 leave the
+    scale at 1; a range of 9 then moves it by tau * (9 - 1)."""
+    rs = RunningScale(tau=0.5)
+    for _ in range(3):
+        rs.update(torch.linspace(0, 0.2 / 0.9, 1001))  # 5th-95th percentile range 0.2
+    assert math.isclose(rs.value.item(), 1.0, rel_tol=1e-6)
+    rs.update(torch.linspace(0, 10, 1001))  # range 9
+    assert math.isclose(rs.value.item(), 5.0, rel_tol=1e-4)
+
+
+def test_running_meanstd_smooths_the_std_not_the_variance():
+    """The published code smooths the batch std: from 1, batch stds 1 and 3 with momentum 0.5
+    give 2 (smoothing the variance would give sqrt(5) = 2.236)."""
+    st = RunningMeanStd(momentum=0.5, clip=5)
+    st.update(torch.tensor([-1.0, 1.0]))  # std 1, mean 0
+    st.update(torch.tensor([-3.0, 3.0]))  # std 3
+    assert math.isclose(st.std.item(), 2.0, rel_tol=1e-6)
+    assert math.isclose(st(torch.tensor([4.5])).item(), 2.25, rel_tol=1e-6)
+
+
+def test_running_meanstd_loads_a_checkpoint_that_kept_the_variance():
+    st = RunningMeanStd(momentum=0.99, clip=5)
+    st.load_state_dict({"mean": torch.tensor(0.5), "var": torch.tensor(4.0)})
+    assert st.std.item() == 2.0 and st.mean.item() == 0.5
+
+
+def test_squashed_gaussian_log_prob_is_the_gaussian_before_tanh():
+    """The log-prob is that of the pre-tanh Gaussian sample summed over the used dims: no
+    tanh Jacobian, so saturated dimensions (mean 8) count like any other."""
+    mean = torch.tensor([[8.0, -0.3, 0.5], [0.1, -8.0, 2.0]])
+    raw = torch.tensor([[0.2, -1.0, 0.0], [1.5, 0.3, -0.4]])
+    lo, hi = -10.0, 2.0
+    std = (lo + 0.5 * (hi - lo) * (torch.tanh(raw) + 1)).exp()
+    for mask in (None, torch.tensor([1.0, 1.0, 0.0])):
+        torch.manual_seed(0)
+        a, logp, _ = squashed_gaussian(mean, raw, lo, hi, mask=mask)
+        torch.manual_seed(0)
+        u = mean + torch.randn_like(mean) * std  # the same pre-tanh sample
+        per_dim = torch.distributions.Normal(mean, std).log_prob(u)
+        used = torch.ones(3) if mask is None else mask
+        torch.testing.assert_close(logp.squeeze(-1), (per_dim * used).sum(-1), rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(a, torch.tanh(u) * used)
 
 
 def test_quantiles_match_torch_quantile():

@@ -61,3 +61,51 @@ def test_multitask_update_learns_task_embeddings():
     assert (moved[:16] > 0).all() and (moved[16:] == 0).all()  # only sampled tasks move
     # max-norm 1: rows are renormalised when looked up (then one Adam step may nudge them)
     assert (agent.model.task_emb.weight[:16].norm(dim=1) <= 1.01).all()
+
+
+def test_padded_policy_dims_do_not_change_the_imagined_return():
+    """J's terminal value reads π's action with the padded dimensions masked: shifting what π
+    would output there changes nothing (tasks with 1 and 3 of 6 action dims)."""
+    cfg = mt_cfg()
+    torch.manual_seed(0)
+    agent = MBDPO(cfg)
+    m, planner = agent.model, agent.planner
+    m.eval()
+    with torch.no_grad():
+        for w in m.Qs.weights:  # a value that reads every input, padded actions included
+            w.normal_(0, 0.3)
+    task = torch.tensor([0, 2])
+    e, mask = m.embed(task), m.action_mask(task)
+    z = m.encode(torch.randn(2, 24), e)
+    X = (torch.rand(2, 8, cfg.horizon, 6) * 2 - 1) * mask[:, None, None]
+    e3, m3, disc = planner._per_env(e, mask, agent._discount(task, 2))
+
+    def J():
+        torch.manual_seed(1)
+        return planner.returns(z, X, e3, disc, m3)[0]
+
+    before = J()
+    a_pad = torch.zeros(2, 6)
+    a_pad[:, 3:] = 1.0
+    q = m.Q_logits(z, torch.zeros(2, 6), e).sum(), m.Q_logits(z, a_pad, e).sum()
+    assert (q[0] - q[1]).abs() > 1e-3  # the value would see padded dimensions
+    with torch.no_grad():
+        m.pi_head[-1].bias[3:6] += 4.0  # π's means of dims 3-5, padded for both tasks
+    assert torch.equal(J(), before)
+
+
+def test_energy_loss_leaves_task_embeddings_alone():
+    cfg = mt_cfg()
+    agent = MBDPO(cfg)
+    m = agent.model
+    with torch.no_grad():  # F's last layer starts at zero, which would pass no gradient back
+        m.energy_head[-1].weight.normal_(0, 0.3)
+    task = torch.arange(4)
+    e = m.embed(task)
+    z = m.encode(torch.randn(cfg.horizon, 4, 24), e)
+    mask = m.action_mask(task).unsqueeze(0)
+    loss = agent._energy_loss(z, torch.rand(cfg.horizon, 4, 6) * 2 - 1, e, mask,
+                              lambda x: x.mean())
+    loss.backward()
+    assert m.task_emb.weight.grad is None or not m.task_emb.weight.grad.any()
+    assert m.energy_head[-1].weight.grad.abs().sum() > 0

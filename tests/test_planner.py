@@ -119,3 +119,63 @@ def test_warm_start_is_used():
     warm = planner.plan(torch.zeros(1, 1), None, None, torch.ones(1), target[None])
     cold = planner.plan(torch.zeros(1, 1), None, None, torch.ones(1), torch.zeros(1, 1, 2))
     assert (warm - target).abs().max() < (cold - target).abs().max()
+
+
+class OffsetValueModel(QuadraticModel):
+    """The quadratic model whose terminal value is a large offset drawn anew at every call, as
+    different pairs of Q members would give: candidates scored in separate calls would be
+    ranked by the offsets, not by their returns. Its policy prior proposes zero plans."""
+
+    def Q_avg(self, z, a, e):
+        return torch.full(z.shape[:-1], 50.0 * torch.randn(()).item())
+
+
+def test_candidates_of_one_step_are_ranked_under_one_Q_pair():
+    """All K candidates of a denoising step, the P policy-prior plans included, are scored in
+    one call: the per-call offset cancels and the planner still lands on the optimum (when
+    the policy plans were scored apart, they took the elite places whenever their offset was
+    the larger, and pulled the plan towards zero)."""
+    target = torch.tensor([[0.6, -0.5], [0.4, 0.7], [-0.6, 0.3]])
+    H, A = target.shape
+    cfg = make_cfg("task=cartpole-balance", f"horizon={H}", "energy_eta=0", action_dim=A)
+    planner = DiffusionPlanner(cfg, OffsetValueModel(target))
+    errs = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        plan = planner.plan(torch.zeros(2, 1), None, None, torch.ones(2), torch.zeros(2, H, A))
+        errs.append((plan - target).abs().max().item())
+    assert max(errs) < 0.05, errs
+
+
+class RandomPolicyModel(QuadraticModel):
+    def pi(self, z, e, mask=None):
+        a = 0.5 * torch.randn(*z.shape[:-1], self.target.shape[1])
+        return a, None, a
+
+
+def test_policy_candidates_are_fresh_rollouts_at_every_denoising_step():
+    """Each of the N-1 steps scores exactly K candidates in one call, the first P of them new
+    draws of the policy prior."""
+    torch.manual_seed(0)
+    target = torch.zeros(3, 2)
+    cfg = make_cfg("task=cartpole-balance", "horizon=3", "energy_eta=0", "diffusion_steps=6",
+                   "diffusion_num_samples=40", "diffusion_num_elites=8",
+                   "diffusion_num_pi_trajs=5", action_dim=2)
+    planner = DiffusionPlanner(cfg, RandomPolicyModel(target))
+    calls = []
+    orig = planner.returns
+
+    def recording(*args, **kw):
+        J, X = orig(*args, **kw)
+        calls.append((J, X))
+        return J, X
+
+    planner.returns = recording
+    planner.plan(torch.zeros(1, 1), None, None, torch.ones(1), torch.zeros(1, 3, 2))
+    assert len(calls) == 5
+    assert all(J.shape == (1, 40) and X.shape == (1, 40, 3, 2) for J, X in calls)
+    pis = torch.stack([X[0, :5] for _, X in calls])  # (steps, P, H, A)
+    assert (pis[1:] - pis[:-1]).abs().amin(dim=(1, 2, 3)).gt(0).all()  # redrawn every step
+    # a policy candidate's J is its own return: -||X - 0||^2 summed over the horizon
+    J, X = calls[0]
+    torch.testing.assert_close(J[0], -X[0].pow(2).sum((-1, -2)))

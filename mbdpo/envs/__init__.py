@@ -14,6 +14,7 @@ Every environment is a ``gymnasium.Env`` with the same contract, whatever the su
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from mbdpo.tasks import SUITE_EXTRA, SUITE_MODULE, get_task
 

@@ -14,16 +14,40 @@ from mbdpo import checkpoint as ckpt
 from mbdpo.config import run_dir
 
 
+def code_version() -> str:
+    """The git commit of the code that runs (``+dirty`` with uncommitted changes), or
+    'unknown' outside a git checkout."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                                capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+
+
 def write_metadata(cfg, folder: str) -> None:
-    """Facts about a run a reader of its numbers needs (e.g. Meta-World environment version)."""
+    """Facts about a run a reader of its numbers needs (e.g. Meta-World environment version),
+    and the code versions that ran it: one entry per start or resume with other code."""
+    path = os.path.join(folder, "metadata.json")
+    commits = []
+    if cfg.get("resume") and os.path.exists(path):
+        with open(path) as f:
+            commits = json.load(f).get("commits", [])
+    version = code_version()
+    if not commits or commits[-1] != version:
+        commits.append(version)
     meta = {"task": cfg.task, "tasks": list(cfg.tasks), "seed": cfg.seed,
-            "model_size": cfg.model_size, "obs": cfg.obs}
+            "model_size": cfg.model_size, "obs": cfg.obs, "commits": commits}
     if any(t.startswith("mw-") for t in cfg.tasks):
         meta["metaworld_env_version"] = "v3"
         meta["note"] = ("Meta-World tasks were evaluated on metaworld's -v3 environments; the "
                         "TD-MPC2 datasets were recorded on -v2.")
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "metadata.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(meta, f, indent=1)
 
 

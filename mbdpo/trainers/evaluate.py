@@ -6,6 +6,15 @@ import numpy as np
 import torch
 
 
+def eval_seed(seed: int, step: int) -> int:
+    """The reset seed of the evaluation at ``step`` of a run with ``seed`` (episode i resets
+    with eval_seed + i): every evaluation of a curve starts from its own states, and
+    re-evaluating a checkpoint of that step starts from the same ones. A stream apart from the
+    training episodes' seeds (seed * 1_000_003 + episode)."""
+    state = np.random.SeedSequence([int(seed), int(step), 0xE7A1]).generate_state(1)
+    return int(state[0]) % 2**30
+
+
 def run_episodes(agent, envs, task: int | None = None, video_env: int | None = None,
                  seed: int | None = None, record: bool = False) -> dict:
     """One episode in each of ``envs``, acting for all of them with one batched call per step
@@ -186,7 +195,7 @@ def evaluate_checkpoint(cfg) -> dict:
     folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
     step = state.get("step", 0)
-    seed = cfg.seed + 10_000
+    seed = eval_seed(cfg.seed, step)  # the start states of the run's own evaluation at step
     if cfg.multitask:
         tasks = checkpoint_tasks(cfg, saved, path)
         agent = load_agent(cfg, path, state)

@@ -11,7 +11,7 @@ from mbdpo.config import ConfigError
 from mbdpo.envs import make_env
 from mbdpo.logging import CSVLog, Logger
 from mbdpo.trainers.base import Trainer, write_metadata
-from mbdpo.trainers.evaluate import evaluate_tasks, print_task_table
+from mbdpo.trainers.evaluate import eval_seed, evaluate_tasks, print_task_table
 
 
 def fill_multitask_dims(cfg, obs_dim: int, action_dim: int) -> None:
@@ -104,7 +104,7 @@ class OfflineTrainer(Trainer):
     def _evaluate(self) -> dict:
         cfg = self.cfg
         rows = evaluate_tasks(self.agent, cfg, self.eval_tasks, cfg.eval_episodes,
-                              seed=cfg.seed + 10_000)
+                              seed=eval_seed(cfg.seed, self.step))
         score = print_task_table(rows, self.step)
         self.task_csv.write_all([{"step": self.step, **r} for r in rows])
         row = {"step": self.step, "score": score,

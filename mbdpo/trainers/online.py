@@ -13,7 +13,7 @@ from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
 from mbdpo.replay import EpisodeReplay
 from mbdpo.trainers.base import Trainer, write_metadata
-from mbdpo.trainers.evaluate import run_episodes, summarise
+from mbdpo.trainers.evaluate import eval_seed, run_episodes, summarise
 
 
 def fill_env_dims(cfg, env) -> None:
@@ -71,7 +71,7 @@ class OnlineTrainer(Trainer):
     def evaluate(self) -> dict:
         video = 0 if self.cfg.save_video else None
         result = run_episodes(self.agent, self.eval_envs, task=self.task_id, video_env=video,
-                              seed=self.cfg.seed + 10_000)
+                              seed=eval_seed(self.cfg.seed, self.step))
         if result["frames"]:
             save_video(result["frames"], os.path.join(self.dir, "videos", f"{self.step}.mp4"))
         return summarise(result)
