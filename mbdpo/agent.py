@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mbdpo.cuda_graph import Graphed
+from mbdpo.config import amp_dtype
 from mbdpo.math import RunningScale
 from mbdpo.planner import DiffusionPlanner
 from mbdpo.world_model import WorldModel
@@ -35,11 +36,18 @@ class MBDPO:
         self.discounts = torch.tensor(list(cfg.discounts), device=self.device)
         self.rho = cfg.rho ** torch.arange(cfg.horizon + 1, device=self.device, dtype=torch.float)
         self.warm: dict[str, torch.Tensor] = {}  # last plan per stream ('train', 'eval')
+        # precision: bf16 autocast for the planner's rollouts and the update's forward pass;
+        # weights, optimiser state, losses, two-hot decoding and statistics stay fp32
+        self.amp_dtype = amp_dtype(cfg.get("precision", "fp32"), self.device)
         self.update_fn, self.plan_fn = self._update, self._plan
         if self.graphs:
             self.update_fn, self.plan_fn = Graphed(self._update), Graphed(self._plan)
         elif cfg.compile:
             self.update_fn = torch.compile(self._update, mode="reduce-overhead", dynamic=False)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
 
     # -- acting ---------------------------------------------------------------------------
     def _discount(self, task, n):
@@ -78,10 +86,11 @@ class MBDPO:
         """Encode, then denoise from the warm start: the plan (E, H, A)."""
         m = self.model
         e, mask = m.embed(task), m.action_mask(task)
-        z = m.encode(obs, e)
-        if self.cfg.score_only_inference:
-            return self.planner.plan_with_score_net(z, e, mask, warm)
-        return self.planner.plan(z, e, mask, self._discount(task, obs.shape[0]), warm)
+        with self.autocast():
+            z = m.encode(obs, e)
+            if self.cfg.score_only_inference:
+                return self.planner.plan_with_score_net(z, e, mask, warm).float()
+            return self.planner.plan(z, e, mask, self._discount(task, obs.shape[0]), warm).float()
 
     # -- learning -------------------------------------------------------------------------
     def update(self, batch: dict) -> dict:
@@ -93,9 +102,30 @@ class MBDPO:
                               batch["terminated"], batch.get("task"))
 
     def _update(self, obs, action, reward, terminated, task):
-        m, cfg, H = self.model, self.cfg, self.cfg.horizon
+        m, cfg = self.model, self.cfg
         m.train()
         e, mask = m.embed(task), m.action_mask(task)
+        with self.autocast():
+            total, zs, out = self._model_losses(obs, action, reward, terminated, task, e, mask)
+
+        # 4. world-model step
+        self.optim.zero_grad(set_to_none=True)
+        total.backward()
+        out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.wm_params, cfg.grad_clip_norm)
+        self.optim.step()
+
+        # 5. policy prior step on detached latents
+        out["pi_loss"] = self._pi_step(zs.detach(), None if e is None else e.detach(), mask)
+
+        # 6. target network
+        m.update_target(cfg.tau)
+        out["total_loss"] = total.detach()
+        return {k: v.detach() for k, v in out.items()}
+
+    def _model_losses(self, obs, action, reward, terminated, task, e, mask):
+        """Steps 1-3 of §2: the weighted sum of the world-model losses (fp32), the latent
+        rollout (H+1, B, L) and the losses by name."""
+        m, cfg, H = self.model, self.cfg, self.cfg.horizon
         mask_h = None if mask is None else mask.unsqueeze(0)
         disc = self._discount(task, obs.shape[1])
         rho = self.rho[:H]
@@ -113,11 +143,11 @@ class MBDPO:
         zs = torch.stack(zs)  # (H+1, B, L)
         _zs = zs[:-1]
 
-        def weighted(per_step):  # (H, B) -> Σ_t ρ^t mean_b / H
-            return (per_step.mean(1) * rho).sum() / H
+        def weighted(per_step):  # (H, B) -> Σ_t ρ^t mean_b / H, in fp32
+            return (per_step.float().mean(1) * rho).sum() / H
 
         # 3. losses
-        consistency = weighted((zs[1:] - next_z).pow(2).mean(-1))
+        consistency = weighted((zs[1:].float() - next_z.float()).pow(2).mean(-1))
         reward_loss = weighted(m.two_hot.soft_ce(m.reward_logits(_zs, action, e), reward))
         q_logits = m.Q_logits(_zs, action, e)  # (num_q, H, B, bins)
         value_loss = weighted(m.two_hot.soft_ce(q_logits, td.unsqueeze(0)).mean(0))
@@ -127,7 +157,7 @@ class MBDPO:
                "value_loss": value_loss, "td_target": td.mean()}
         if m.termination_head is not None:
             term_loss = weighted(F.binary_cross_entropy_with_logits(
-                m.termination_logit(zs[1:], e), terminated, reduction="none"))
+                m.termination_logit(zs[1:], e).float(), terminated, reduction="none"))
             total = total + cfg.termination_coef * term_loss
             out["termination_loss"] = term_loss
         energy_loss = self._energy_loss(_zs, action, e, mask_h, weighted)
@@ -137,20 +167,7 @@ class MBDPO:
             score_loss = self._score_loss(zs[0].detach(), e, mask, disc, action)
             total = total + cfg.score_loss_coef * score_loss
             out["score_loss"] = score_loss
-
-        # 4. world-model step
-        self.optim.zero_grad(set_to_none=True)
-        total.backward()
-        out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.wm_params, cfg.grad_clip_norm)
-        self.optim.step()
-
-        # 5. policy prior step on detached latents
-        out["pi_loss"] = self._pi_step(zs.detach(), None if e is None else e.detach(), mask)
-
-        # 6. target network
-        m.update_target(cfg.tau)
-        out["total_loss"] = total.detach()
-        return {k: v.detach() for k, v in out.items()}
+        return total, zs, out
 
     def _energy_loss(self, z, action, e, mask, weighted):
         """Logistic classifier F: replay actions are positives; the hardest of three
@@ -171,6 +188,7 @@ class MBDPO:
         hardest = neg_all.detach().argmax(0, keepdim=True)
         neg = torch.gather(neg_all, 0, hardest).squeeze(0)
         m.energy_stats.update(torch.stack([pos, neg]))  # the logits that enter the loss
+        pos, neg = pos.float(), neg.float()
         loss = 0.5 * (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="none")
                       + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg),
                                                            reduction="none"))
@@ -181,17 +199,19 @@ class MBDPO:
         score is an affine function of it at each τ)."""
         x0 = action.transpose(0, 1)  # (B, H, A): the replay plans
         x_tau, tau, x_bar = self.planner.score_targets(z, e, mask, disc, x0)
-        return F.mse_loss(self.model.denoised_mean(z, e, x_tau, tau), x_bar)
+        return F.mse_loss(self.model.denoised_mean(z, e, x_tau, tau).float(), x_bar.float())
 
     def _pi_step(self, zs, e, mask):
         m, cfg = self.model, self.cfg
         mask_h = None if mask is None else mask.unsqueeze(0)
-        a, scaled_log_prob, _ = m.pi(zs, e, mask_h)
-        q = m.Q_avg(zs, a, e, detach=True)  # (H+1, B)
+        with self.autocast():
+            a, scaled_log_prob, _ = m.pi(zs, e, mask_h)
+            q = m.Q_avg(zs, a, e, detach=True)  # (H+1, B), fp32
         self.scale.update(q[0])
         q = self.scale(q)
         # maximise scaled Q plus the entropy bonus (TD-MPC2's scaled entropy = -scaled_log_prob)
-        loss = ((cfg.entropy_coef * scaled_log_prob.squeeze(-1) - q).mean(1) * self.rho).mean()
+        loss = ((cfg.entropy_coef * scaled_log_prob.float().squeeze(-1) - q).mean(1)
+                * self.rho).mean()
         self.pi_optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.pi_head.parameters(), cfg.grad_clip_norm)

@@ -66,6 +66,24 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively: a CUDA GPU of compute capability
+    8.0 (Ampere) or newer, or a CPU with AVX-512 BF16 or AMX instructions."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+    return False
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: fp32 throughout)."""
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
 def discount(episode_length: int, cfg) -> float:
     """γ = clip((L/d - 1)/(L/d), γ_min, γ_max) for episode length L (ALGORITHM.md §2)."""
     frac = episode_length / cfg.discount_denom
@@ -162,6 +180,8 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
         raise ConfigError("score_only_inference=true needs use_score_network=true.")
     if cfg.threads is not None:
         _positive_int(cfg, "threads")
+    _check(cfg.precision in ("auto", "fp32", "bf16"), "precision", cfg.precision,
+           "expected auto, fp32 or bf16")
     _check(isinstance(cfg.seed_episodes, int) and cfg.seed_episodes >= 0, "seed_episodes",
            cfg.seed_episodes, "expected an integer >= 0")
     cfg.device = str(resolve_device(str(cfg.device)))

@@ -40,12 +40,13 @@ class TwoHot:
         return out
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
-        """(..., num_bins) logits -> (...,) scalars."""
-        return symexp(F.softmax(logits, dim=-1) @ self.bins)
+        """(..., num_bins) logits -> (...,) scalars, in fp32 whatever the logits' precision
+        (symexp magnifies a bf16 rounding of the symlog mean by up to e^10)."""
+        return symexp((F.softmax(logits.float(), dim=-1) * self.bins).sum(-1))
 
     def soft_ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of logits (..., num_bins) against the two-hot of target (...,)."""
-        return -(self.encode(target) * F.log_softmax(logits, dim=-1)).sum(-1)
+        """Cross-entropy of logits (..., num_bins) against the two-hot of target (...,), fp32."""
+        return -(self.encode(target.float()) * F.log_softmax(logits.float(), dim=-1)).sum(-1)
 
 
 def squashed_gaussian(mean: torch.Tensor, log_std_raw: torch.Tensor, log_std_min: float,
@@ -58,6 +59,7 @@ def squashed_gaussian(mean: torch.Tensor, log_std_raw: torch.Tensor, log_std_min
     [log_std_min, log_std_max] through tanh. Dimensions where ``mask`` is 0 give action 0 and
     do not count in the log-prob.
     """
+    mean, log_std_raw = mean.float(), log_std_raw.float()  # fp32 under bf16 autocast too
     log_std = log_std_min + 0.5 * (log_std_max - log_std_min) * (torch.tanh(log_std_raw) + 1)
     eps = torch.randn_like(mean)
     action = torch.tanh(mean + eps * log_std.exp())

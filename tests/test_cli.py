@@ -173,6 +173,7 @@ def test_wandb_offline(tmp_path):
      "plan_horizon=5 differs from horizon=3, but the score network plans exactly horizon steps"),
     (["compile=true", "cuda_graphs=true"],
      "compile=true and cuda_graphs=true both record CUDA graphs"),
+    (["precision=fp16"], "Bad value precision='fp16': expected auto, fp32 or bf16."),
 ])
 def test_bad_input_gets_one_clear_sentence(args, message):
     out = cli("train.py", *args, check=False, timeout=120)
