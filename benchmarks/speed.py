@@ -1,12 +1,17 @@
-"""Speed benchmark: act and update latency, environment steps/s of a short online run, and how
-close the planner runs to the machine's matrix-multiply throughput.
+"""Speed benchmark: act and update latency, environment steps/s of a short online run (act,
+environment step, replay sample, update, in a loop), top-level aten operations per action (a
+CPU-measurable stand-in for GPU kernel launches), and how close the planner runs to the
+machine's fp32 and bf16 matrix-multiply throughput, for each model size and each variant.
 
-    python benchmarks/speed.py                         # model sizes 1 and 5, default planner
+    python benchmarks/speed.py                         # sizes 1 and 5, default planner
     python benchmarks/speed.py sizes=5,19 device=cuda  # on a GPU
     python benchmarks/speed.py sizes=1 diffusion_num_samples=128 diffusion_steps=10
+    python benchmarks/speed.py variants=fp32,bf16+compile
 
-Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes elsewhere).
-Other key=value pairs are config overrides (any key of cfgs/config.yaml).
+A variant is precision (fp32 | bf16) with ``+compile`` for compile=true; the default is all
+four, ``fp32`` first: the baseline (fp32 eager) that the ratio columns divide by, measured in
+the same run. Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes
+elsewhere). Other key=value pairs are config overrides (any key of cfgs/config.yaml).
 """
 from __future__ import annotations
 
@@ -50,9 +55,33 @@ def timed(fn, device, reps: int, warmup: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def matmul_gflops(device, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device, dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3 / timed(lambda: a @ b, device, reps) / 1e9
+
+
+def count_aten_ops(fn) -> int:
+    """Top-level aten operations dispatched by ``fn()`` (those not called by another aten
+    operation); a compiled graph's fused kernels count as the operations they call."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    count = 0
+    for event in prof.events():
+        if event.name.startswith("aten::"):
+            parent = event.cpu_parent
+            while parent is not None and not parent.name.startswith("aten::"):
+                parent = parent.cpu_parent
+            count += parent is None
+    return count
+
+
+def parse_variant(v: str) -> list[str]:
+    precision, *flags = v.split("+")
+    if precision not in ("fp32", "bf16", "auto") or any(f != "compile" for f in flags):
+        sys.exit(f"error: a variant is fp32 or bf16, optionally +compile; got {v!r}.")
+    return [f"precision={precision}", f"compile={'true' if flags else 'false'}"]
 
 
 def make_cfg(overrides):
@@ -63,8 +92,8 @@ def make_cfg(overrides):
         return parse_cfg(compose(config_name="config", overrides=overrides))
 
 
-def bench_size(size: int, overrides: list[str], online_steps: int) -> dict:
-    cfg = make_cfg([f"model_size={size}"] + overrides)
+def bench_size(size: int, variant: str, overrides: list[str], online_steps: int) -> dict:
+    cfg = make_cfg([f"model_size={size}"] + overrides + parse_variant(variant))
     device = torch.device(cfg.device)
     env = make_env(cfg)
     fill_env_dims(cfg, env)
@@ -88,13 +117,18 @@ def bench_size(size: int, overrides: list[str], online_steps: int) -> dict:
 
     obs0 = torch.as_tensor(env.reset()[0]).unsqueeze(0)
     t0 = torch.tensor([False])
+    t = time.perf_counter()
+    agent.act(obs0, t0)  # compiles, with compile=true
+    batch = buf.sample(cfg.batch_size, cfg.horizon)
+    agent.update(batch)
+    first_s = time.perf_counter() - t
     act_s = timed(lambda: agent.act(obs0, t0), device, reps=5)
+    ops = count_aten_ops(lambda: agent.act(obs0, t0))
     eager, agent.plan_fn = agent.plan_fn, agent._plan  # count on the eager planner: a
     with FlopCounterMode(display=False) as fc:         # CUDA-graph replay dispatches no ops
         agent.act(obs0, t0)
     agent.plan_fn = eager
     act_flops = fc.get_total_flops()
-    batch = buf.sample(cfg.batch_size, cfg.horizon)
     update_s = timed(lambda: agent.update(batch), device, reps=5)
 
     # a short online run: act, step the env, sample, update
@@ -108,8 +142,9 @@ def bench_size(size: int, overrides: list[str], online_steps: int) -> dict:
         agent.update(buf.sample(cfg.batch_size, cfg.horizon))
     sync(device)
     online_sps = online_steps / (time.perf_counter() - t)
-    return {"model_size": size, "params": params, "act_ms": 1e3 * act_s,
+    return {"model_size": size, "variant": variant, "params": params, "act_ms": 1e3 * act_s,
             "update_ms": 1e3 * update_s, "env_steps_per_s": online_sps,
+            "aten_ops_per_act": ops, "first_call_s": first_s,
             "act_gflop": act_flops / 1e9, "planner_gflops": act_flops / act_s / 1e9,
             "K": cfg.diffusion_num_samples, "N": cfg.diffusion_steps,
             "batch_size": cfg.batch_size, "device": str(device)}
@@ -117,15 +152,22 @@ def bench_size(size: int, overrides: list[str], online_steps: int) -> dict:
 
 def main():
     sizes, overrides, online_steps = [1, 5], [], 20
+    variants = ["fp32", "bf16", "fp32+compile", "bf16+compile"]
     out = os.path.join(ROOT, "benchmarks", "results", "speed.json")
     for a in sys.argv[1:]:
         k, _, v = a.partition("=")
         if k == "sizes":
             sizes = [int(s) for s in v.strip("[]").split(",")]
+        elif k == "variants":
+            variants = [x for x in v.strip("[]").split(",") if x]
+            for x in variants:
+                parse_variant(x)
         elif k == "online_steps":
             online_steps = int(v)
         elif k == "out":
             out = os.path.abspath(v)
+        elif k in ("precision", "compile"):
+            sys.exit(f"error: {k} is set per variant: pass variants=... (e.g. bf16+compile).")
         else:
             overrides.append(a)
     if not any(o.startswith("task=") for o in overrides):
@@ -134,27 +176,40 @@ def main():
     device = torch.device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    gflops = matmul_gflops(device)
-    rows = [bench_size(s, overrides, online_steps) for s in sizes]
+    gemm = {"fp32": matmul_gflops(device), "bf16": matmul_gflops(device, torch.bfloat16)}
+    rows = []
+    for s in sizes:
+        for v in variants:
+            rows.append(bench_size(s, v, overrides, online_steps))
+            r = rows[-1]
+            print(f"  size {s} {v}: act {r['act_ms']:.1f} ms, update {r['update_ms']:.1f} ms, "
+                  f"{r['env_steps_per_s']:.2f} env steps/s", flush=True)
     proc = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine())
-    print(f"\ndevice {device} ({proc}, "
-          f"{torch.get_num_threads()} threads), fp32 matmul {gflops:.0f} GFLOP/s, "
-          f"task {cfg.task}, planner K={rows[0]['K']} N={rows[0]['N']}, "
-          f"batch {rows[0]['batch_size']}")
-    head = (f"{'size':>5} {'params':>9} {'act ms':>9} {'update ms':>10} {'env steps/s':>12} "
-            f"{'GFLOP/act':>10} {'planner GFLOP/s':>16} {'% of matmul':>12}")
+    print(f"\ndevice {device} ({proc}, {torch.get_num_threads()} threads), matmul "
+          f"{gemm['fp32']:.0f} GFLOP/s fp32, {gemm['bf16']:.0f} bf16, task {cfg.task}, "
+          f"planner K={rows[0]['K']} N={rows[0]['N']}, batch {rows[0]['batch_size']}; "
+          f"x = time / the size's first variant's, same run")
+    head = (f"{'size':>4} {'variant':>13} {'act ms':>8} {'x':>5} {'update ms':>10} {'x':>5} "
+            f"{'steps/s':>8} {'aten ops/act':>13} {'first call s':>13} {'GFLOP/act':>10} "
+            f"{'GFLOP/s':>8} {'% fp32 mm':>10} {'% bf16 mm':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['model_size']:>5} {r['params'] / 1e6:>8.2f}M {r['act_ms']:>9.1f} "
-              f"{r['update_ms']:>10.1f} {r['env_steps_per_s']:>12.2f} {r['act_gflop']:>10.2f} "
-              f"{r['planner_gflops']:>16.1f} {100 * r['planner_gflops'] / gflops:>11.0f}%")
+        base = next(b for b in rows if b["model_size"] == r["model_size"])
+        r["act_ratio"] = r["act_ms"] / base["act_ms"]
+        r["update_ratio"] = r["update_ms"] / base["update_ms"]
+        print(f"{r['model_size']:>4} {r['variant']:>13} {r['act_ms']:>8.1f} "
+              f"{r['act_ratio']:>5.2f} {r['update_ms']:>10.1f} {r['update_ratio']:>5.2f} "
+              f"{r['env_steps_per_s']:>8.2f} {r['aten_ops_per_act']:>13,} "
+              f"{r['first_call_s']:>13.1f} {r['act_gflop']:>10.2f} {r['planner_gflops']:>8.1f} "
+              f"{100 * r['planner_gflops'] / gemm['fp32']:>9.0f}% "
+              f"{100 * r['planner_gflops'] / gemm['bf16']:>9.0f}%")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"matmul_gflops": gflops, "device": str(device), "torch": torch.__version__,
-                   "processor": proc,
-                   "overrides": overrides,
+        json.dump({"matmul_gflops": gemm["fp32"], "matmul_gflops_bf16": gemm["bf16"],
+                   "device": str(device), "torch": torch.__version__, "processor": proc,
+                   "overrides": overrides, "variants": variants,
                    "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
     print(f"wrote {out}")
 

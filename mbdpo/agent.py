@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mbdpo.compiled import Compiled, compile_mode
 from mbdpo.cuda_graph import Graphed
 from mbdpo.config import amp_dtype
 from mbdpo.math import RunningScale
@@ -42,8 +43,10 @@ class MBDPO:
         self.update_fn, self.plan_fn = self._update, self._plan
         if self.graphs:
             self.update_fn, self.plan_fn = Graphed(self._update), Graphed(self._plan)
-        elif cfg.compile:
-            self.update_fn = torch.compile(self._update, mode="reduce-overhead", dynamic=False)
+        elif cfg.compile:  # the denoising step and the update's losses (mbdpo/compiled.py)
+            mode = compile_mode(self.device)
+            self.planner.weighted_mean = Compiled(self.planner.weighted_mean, mode)
+            self._model_losses = Compiled(self._model_losses, mode)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,

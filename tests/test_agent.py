@@ -467,3 +467,53 @@ def test_bf16_update_losses_match_fp32():
         torch.testing.assert_close(outs[1][k], outs[0][k], rtol=2e-2, atol=1e-4, msg=k)
     # master weights stay fp32
     assert all(p.dtype == torch.float32 for p in bf.model.parameters())
+
+
+@pytest.mark.slow
+def test_compiled_planner_and_update_match_eager(monkeypatch):
+    """compile=true (inductor on this CPU): with inductor drawing its random numbers as eager
+    does, the plan of the compiled denoising step and the losses of the compiled update equal
+    eager's to 1e-5, and the compiled action dispatches at least 4x fewer top-level aten
+    operations."""
+    import torch._inductor.config as inductor_config
+    from torch.profiler import ProfilerActivity, profile
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    agents = []
+    for flag in ("false", "true"):
+        cfg = make_cfg("task=cartpole-balance", "model_size=1", "diffusion_num_samples=64",
+                       "diffusion_steps=5", "batch_size=32", f"compile={flag}")
+        torch.manual_seed(0)
+        agents.append(MBDPO(cfg))
+    eager, comp = agents
+    comp.model.load_state_dict(eager.model.state_dict())
+    obs, batch = torch.randn(1, 5), fixed_batch(eager.cfg)
+    plans, losses, ops = [], [], []
+    for agent in agents:
+        torch.manual_seed(3)
+        agent.act(obs, torch.tensor([True]), eval_mode=True, stream="eval")
+        plans.append(agent.warm["eval"])
+        torch.manual_seed(4)
+        losses.append(agent.update(batch))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            agent.act(obs, torch.tensor([False]))
+        ops.append(sum(1 for e in prof.events() if e.name.startswith("aten::")
+                       and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))))
+    assert not comp.planner.weighted_mean.failed and not comp._model_losses.failed
+    torch.testing.assert_close(plans[1], plans[0], rtol=1e-5, atol=1e-5)
+    for k in losses[0]:
+        torch.testing.assert_close(losses[1][k], losses[0][k], rtol=1e-5, atol=1e-5, msg=k)
+    assert ops[1] * 4 <= ops[0], ops
+
+
+def test_compile_failure_falls_back_to_eager():
+    """A function torch.compile cannot take whole (a value read back to Python decides the
+    branch) warns once with the reason and then runs eagerly, with eager's result."""
+    from mbdpo.compiled import Compiled
+
+    def branchy(x):
+        return x + 1 if x.sum().item() > 0 else x - 1
+
+    f = Compiled(branchy)
+    with pytest.warns(UserWarning, match="torch.compile of branchy failed.*compile=false"):
+        assert f(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
+    assert f.failed and f(-torch.ones(2)).tolist() == [-2.0, -2.0]
