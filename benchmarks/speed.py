@@ -1,12 +1,13 @@
 """Speed benchmark: act and update latency, environment steps/s of a short online run (act,
-environment step, replay sample, update, in a loop), top-level aten operations per action (a
+environment step, replay sample, update, in a loop; with 1 and with N environments acting
+through one planner call), top-level aten operations per action (a
 CPU-measurable stand-in for GPU kernel launches), and how close the planner runs to the
 machine's fp32 and bf16 matrix-multiply throughput, for each model size and each variant.
 
     python benchmarks/speed.py                         # sizes 1 and 5, default planner
     python benchmarks/speed.py sizes=5,19 device=cuda  # on a GPU
     python benchmarks/speed.py sizes=1 diffusion_num_samples=128 diffusion_steps=10
-    python benchmarks/speed.py variants=fp32,bf16+compile
+    python benchmarks/speed.py variants=fp32,bf16+compile num_envs=1,4
 
 A variant is precision (fp32 | bf16) with ``+compile`` for compile=true; the default is all
 four, ``fp32`` first: the baseline (fp32 eager) that the ratio columns divide by, measured in
@@ -92,7 +93,8 @@ def make_cfg(overrides):
         return parse_cfg(compose(config_name="config", overrides=overrides))
 
 
-def bench_size(size: int, variant: str, overrides: list[str], online_steps: int) -> dict:
+def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
+               num_envs: list[int]) -> dict:
     cfg = make_cfg([f"model_size={size}"] + overrides + parse_variant(variant))
     device = torch.device(cfg.device)
     env = make_env(cfg)
@@ -131,19 +133,27 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int)
     act_flops = fc.get_total_flops()
     update_s = timed(lambda: agent.update(batch), device, reps=5)
 
-    # a short online run: act, step the env, sample, update
-    o = obs0
-    sync(device)
-    t = time.perf_counter()
-    for i in range(online_steps):
-        a = agent.act(o, torch.tensor([i == 0])).squeeze(0).cpu().numpy()
-        ob, *_ = env.step(a)
-        o = torch.as_tensor(ob).unsqueeze(0)
-        agent.update(buf.sample(cfg.batch_size, cfg.horizon))
-    sync(device)
-    online_sps = online_steps / (time.perf_counter() - t)
+    # a short online run with n environments: act for all n at once, step them, sample,
+    # update once per environment step (utd 1)
+    online_sps = {}
+    for n in num_envs:
+        envs = [env] + [make_env(cfg, seed=cfg.seed + i) for i in range(1, n)]
+        o = torch.as_tensor(np.stack([e.reset()[0] for e in envs]))
+        first = torch.ones(n, dtype=torch.bool)
+        agent.act(o, first)  # with compile=true: compiles for n environments
+        iters = max(1, online_steps // n)
+        sync(device)
+        t = time.perf_counter()
+        for i in range(iters):
+            a = agent.act(o, first if i == 0 else ~first).cpu().numpy()
+            o = torch.as_tensor(np.stack([e.step(ai)[0] for e, ai in zip(envs, a)]))
+            for _ in range(n):
+                agent.update(buf.sample(cfg.batch_size, cfg.horizon))
+        sync(device)
+        online_sps[n] = n * iters / (time.perf_counter() - t)
     return {"model_size": size, "variant": variant, "params": params, "act_ms": 1e3 * act_s,
-            "update_ms": 1e3 * update_s, "env_steps_per_s": online_sps,
+            "update_ms": 1e3 * update_s, "env_steps_per_s": online_sps[num_envs[0]],
+            "env_steps_per_s_by_num_envs": online_sps,
             "aten_ops_per_act": ops, "first_call_s": first_s,
             "act_gflop": act_flops / 1e9, "planner_gflops": act_flops / act_s / 1e9,
             "K": cfg.diffusion_num_samples, "N": cfg.diffusion_steps,
@@ -151,7 +161,7 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int)
 
 
 def main():
-    sizes, overrides, online_steps = [1, 5], [], 20
+    sizes, overrides, online_steps, num_envs = [1, 5], [], 20, [1, 4]
     variants = ["fp32", "bf16", "fp32+compile", "bf16+compile"]
     out = os.path.join(ROOT, "benchmarks", "results", "speed.json")
     for a in sys.argv[1:]:
@@ -162,6 +172,8 @@ def main():
             variants = [x for x in v.strip("[]").split(",") if x]
             for x in variants:
                 parse_variant(x)
+        elif k == "num_envs":
+            num_envs = [int(x) for x in v.strip("[]").split(",") if x]
         elif k == "online_steps":
             online_steps = int(v)
         elif k == "out":
@@ -180,7 +192,7 @@ def main():
     rows = []
     for s in sizes:
         for v in variants:
-            rows.append(bench_size(s, v, overrides, online_steps))
+            rows.append(bench_size(s, v, overrides, online_steps, num_envs))
             r = rows[-1]
             print(f"  size {s} {v}: act {r['act_ms']:.1f} ms, update {r['update_ms']:.1f} ms, "
                   f"{r['env_steps_per_s']:.2f} env steps/s", flush=True)
@@ -191,7 +203,7 @@ def main():
           f"planner K={rows[0]['K']} N={rows[0]['N']}, batch {rows[0]['batch_size']}; "
           f"x = time / the size's first variant's, same run")
     head = (f"{'size':>4} {'variant':>13} {'act ms':>8} {'x':>5} {'update ms':>10} {'x':>5} "
-            f"{'steps/s':>8} {'aten ops/act':>13} {'first call s':>13} {'GFLOP/act':>10} "
+            f"{'steps/s':>8} {'x' + str(num_envs[-1]) + ' envs':>8} {'aten ops/act':>13} {'first call s':>13} {'GFLOP/act':>10} "
             f"{'GFLOP/s':>8} {'% fp32 mm':>10} {'% bf16 mm':>10}")
     print(head)
     print("-" * len(head))
@@ -201,7 +213,8 @@ def main():
         r["update_ratio"] = r["update_ms"] / base["update_ms"]
         print(f"{r['model_size']:>4} {r['variant']:>13} {r['act_ms']:>8.1f} "
               f"{r['act_ratio']:>5.2f} {r['update_ms']:>10.1f} {r['update_ratio']:>5.2f} "
-              f"{r['env_steps_per_s']:>8.2f} {r['aten_ops_per_act']:>13,} "
+              f"{r['env_steps_per_s']:>8.2f} "
+              f"{r['env_steps_per_s_by_num_envs'][num_envs[-1]]:>8.2f} {r['aten_ops_per_act']:>13,} "
               f"{r['first_call_s']:>13.1f} {r['act_gflop']:>10.2f} {r['planner_gflops']:>8.1f} "
               f"{100 * r['planner_gflops'] / gemm['fp32']:>9.0f}% "
               f"{100 * r['planner_gflops'] / gemm['bf16']:>9.0f}%")
@@ -209,7 +222,7 @@ def main():
     with open(out, "w") as f:
         json.dump({"matmul_gflops": gemm["fp32"], "matmul_gflops_bf16": gemm["bf16"],
                    "device": str(device), "torch": torch.__version__, "processor": proc,
-                   "overrides": overrides, "variants": variants,
+                   "overrides": overrides, "variants": variants, "num_envs": num_envs,
                    "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
     print(f"wrote {out}")
 

@@ -130,7 +130,7 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     for key in ("steps", "batch_size", "horizon", "num_bins", "enc_dim", "mlp_dim", "latent_dim",
                 "num_enc_layers", "num_q", "num_channels", "simnorm_dim", "diffusion_steps",
                 "diffusion_num_samples", "diffusion_num_elites", "eval_episodes",
-                "eval_freq", "buffer_size", "log_freq", "diffusion_time_embed_dim"):
+                "eval_freq", "buffer_size", "log_freq", "diffusion_time_embed_dim", "num_envs"):
         _positive_int(cfg, key)
     for key in ("lr", "enc_lr_scale", "grad_clip_norm", "consistency_coef", "reward_coef",
                 "value_coef", "termination_coef", "energy_coef", "energy_eta",
@@ -138,8 +138,10 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
                 "score_loss_coef", "diffusion_action_noise", "save_model_every",
                 "diffusion_num_pi_trajs"):
         _non_negative_number(cfg, key)
+    _check(isinstance(cfg.utd, (int, float)) and not isinstance(cfg.utd, bool) and cfg.utd > 0,
+           "utd", cfg.utd, "expected a number > 0 (updates per environment step)")
     for key in ("multitask", "use_score_network", "score_only_inference", "resume",
-                "save_video", "save_replay", "enable_wandb", "compile", "cuda_graphs",
+                "save_video", "save_replay", "enable_wandb", "compile", "cuda_graphs", "async_envs",
                 "load_checkpoint", "compare_scratch"):
         _bool(cfg, key)
     if cfg.compile and cfg.cuda_graphs:

@@ -109,6 +109,43 @@ def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_num_envs_trains_resumes_and_writes_the_same_csvs(state_run, tmp_path):
+    """num_envs=2 (worker processes): the same CSV columns as one environment, episodes of
+    both environments in replay, one update per environment step after the burst, and a
+    resume that continues the curve."""
+    _, run1, _ = state_run
+    work = str(tmp_path)
+    args = ["task=cartpole-balance", "seed_steps=500", "eval_freq=1000", "num_envs=2",
+            f"work_dir={work}", "exp_name=n2", *TINY]
+    cli("train.py", "steps=2000", *args)
+    run = os.path.join(work, "cartpole-balance", "1", "n2")
+    for name in ("eval.csv", "train.csv"):
+        assert list(rows(os.path.join(run, name))[0]) == list(rows(os.path.join(run1, name))[0])
+    assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 1000, 2000]
+    # two 500-step episodes at once: the burst (500) at step 1,000, then 1 per step
+    state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
+    assert state["counters"]["episode"] == 4 and state["counters"]["updates"] == 500 + 1000
+    out = cli("train.py", "steps=3000", "resume=true", *args)
+    assert "at step 2,000" in out.stdout
+    assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 1000, 2000, 3000]
+    state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
+    assert state["counters"]["episode"] == 6 and state["counters"]["updates"] == 2500
+    replay = torch.load(os.path.join(run, "models", "replay.pt"), weights_only=True)
+    assert replay["num_episodes"] == 6 and replay["size"] == 6 * 501
+    rewards = [float(r["episode_reward"]) for r in rows(os.path.join(run, "train.csv"))]
+    assert len(rewards) == 6 and len(set(rewards)) == 6  # distinct start states
+
+
+@pytest.mark.slow
+def test_utd_sets_updates_per_environment_step(tmp_path):
+    cli("train.py", "task=cartpole-balance", "steps=1000", "seed_steps=500", "eval_freq=1000",
+        "utd=0.5", f"work_dir={tmp_path}", "exp_name=u", *TINY)
+    state = torch.load(os.path.join(tmp_path, "cartpole-balance", "1", "u", "models",
+                                    "final.pt"), weights_only=True)
+    assert state["counters"]["updates"] == 500 + 250  # the burst, then one per two steps
+
+
+@pytest.mark.slow
 def test_sigterm_saves_checkpoint_then_resume(tmp_path):
     work = str(tmp_path)
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
@@ -174,6 +211,8 @@ def test_wandb_offline(tmp_path):
     (["compile=true", "cuda_graphs=true"],
      "compile=true and cuda_graphs=true both record CUDA graphs"),
     (["precision=fp16"], "Bad value precision='fp16': expected auto, fp32 or bf16."),
+    (["utd=0"], "Bad value utd=0: expected a number > 0 (updates per environment step)."),
+    (["num_envs=0"], "Bad value num_envs=0: expected a positive integer."),
 ])
 def test_bad_input_gets_one_clear_sentence(args, message):
     out = cli("train.py", *args, check=False, timeout=120)

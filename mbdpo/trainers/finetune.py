@@ -15,6 +15,7 @@ train.csv, eval.csv, models/) and ``curves.csv`` with both evaluation curves
 from __future__ import annotations
 
 import csv
+import functools
 import os
 
 import torch
@@ -91,6 +92,11 @@ def load_pretrained(agent: MBDPO, state: dict, setup: dict) -> None:
     agent.scale.load_state_dict(state["agent"]["scale"])
 
 
+def padded_env(cfg, seed: int):
+    """The task's environment padded to the model's observation and action sizes."""
+    return PadObsAction(make_env(cfg, seed=seed), cfg.obs_dim, cfg.action_dim)
+
+
 class FinetuneTrainer(OnlineTrainer):
     """One arm: 'finetune' (pretrained weights, acts with the agent from the first step) or
     'scratch' (fresh weights of the same model, random seeding as in online training)."""
@@ -105,8 +111,11 @@ class FinetuneTrainer(OnlineTrainer):
             self.random_steps = 0
             self.learn_from = self.burst = cfg.seed_episodes * self.episode_length
 
+    def env_factory(self, seed: int):
+        return functools.partial(padded_env, self.cfg, seed)
+
     def make_env(self, seed: int):
-        return PadObsAction(make_env(self.cfg, seed=seed), self.cfg.obs_dim, self.cfg.action_dim)
+        return self.env_factory(seed)()
 
     def make_agent(self) -> MBDPO:
         agent = MBDPO(self.cfg)

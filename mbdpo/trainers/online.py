@@ -2,9 +2,11 @@
 update per environment step), with periodic evaluation, checkpoints and resume."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -35,31 +37,53 @@ class OnlineTrainer(Trainer):
         super().__init__(cfg)
         self.env = self.make_env(cfg.seed)
         self.env.action_space.seed(cfg.seed)  # the random seeding actions
+        self.envs = self.make_vector_env()
         self.eval_envs = [self.make_env(cfg.seed + 10_000 + i) for i in range(cfg.eval_episodes)]
         self.agent = self.make_agent()
         L = cfg.episode_lengths[0] if self.task_id is None else cfg.episode_lengths[self.task_id]
         self.episode_length = L
-        entries = min(cfg.buffer_size, cfg.steps) * (L + 1) // L + L + 1
+        # finished episodes only; with N environments up to N of them end past ``steps``
+        entries = min(cfg.buffer_size, cfg.steps) * (L + 1) // L + cfg.num_envs * (L + 1)
         self.buffer = EpisodeReplay(entries, cfg.obs_shape, cfg.action_dim,
                                     torch.uint8 if cfg.obs == "rgb" else torch.float32,
                                     seed=cfg.seed)
         self.episode, self.updates, self.pretrained = 0, 0, False
+        self.update_credit = 0.0  # updates owed (utd x environment steps), carried over
         self._save_at_boundary = False
         # Seeding (ALGORITHM.md §2): random actions for the first ``random_steps`` steps, no
         # update before ``learn_from`` steps, then a burst of ``burst`` updates, then one per step.
         self.random_steps = self.learn_from = self.burst = cfg.seed_steps
         self.task_t = None if self.task_id is None else torch.tensor([self.task_id])
 
+    def env_factory(self, seed: int):
+        """A picklable function that makes the task's environment (vector-env workers call it
+        in their own process)."""
+        return functools.partial(make_env, self.cfg, seed=seed)
+
     def make_env(self, seed: int):
-        env = make_env(self.cfg, seed=seed)
+        env = self.env_factory(seed)()
         fill_env_dims(self.cfg, env)
         return env
+
+    def make_vector_env(self) -> gym.vector.VectorEnv:
+        """The ``num_envs`` training environments behind gymnasium's vector API, reset by the
+        loop itself (autoreset disabled): one worker process each with ``async_envs=true``
+        (for simulators slow per step), else stepped in turn in this process. With one
+        environment it is ``self.env`` itself."""
+        cfg, mode = self.cfg, gym.vector.AutoresetMode.DISABLED
+        if cfg.num_envs == 1:
+            return gym.vector.SyncVectorEnv([lambda: self.env], autoreset_mode=mode)
+        fns = [self.env_factory(cfg.seed + 1_000 * i) for i in range(cfg.num_envs)]
+        if cfg.async_envs:
+            return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
     def make_agent(self) -> MBDPO:
         return MBDPO(self.cfg)
 
     def counters(self) -> dict:
-        return {"episode": self.episode, "updates": self.updates, "pretrained": self.pretrained}
+        return {"episode": self.episode, "updates": self.updates, "pretrained": self.pretrained,
+                "update_credit": self.update_credit}
 
     def extra_state(self) -> dict:
         return {"replay.pt": self.buffer.state_dict()}
@@ -89,15 +113,19 @@ class OnlineTrainer(Trainer):
         return self.run_loop(f"on {cfg.task} ({cfg.obs}, {cfg.steps:,} steps)")
 
     def _loop(self, stop):
-        cfg = self.cfg
+        """Step ``num_envs`` environments at once. An environment whose episode ends starts
+        its next one at once, unless an evaluation, a checkpoint or the end of the run is due:
+        then it waits (stepped, but its steps neither counted nor stored) until every
+        environment has ended its episode, so that evaluations and checkpoints fall where no
+        episode is unfinished. With fixed-length episodes no environment ever waits."""
+        cfg, N = self.cfg, self.cfg.num_envs
         rate_t, rate_step = time.time(), self.step
         eval_next = self.step % cfg.eval_freq == 0 and self.last_eval_step < self.step
-        last_eval, ep, obs, t = None, None, None, 0
-        losses = {}
+        last_eval, losses = None, {}
+        eps: list[dict | None] = [None] * N  # the episode each environment is in (None: waits)
+        obs, self._started = None, self.episode  # episodes started (their reset seeds)
         while True:
-            if ep is None or ep["done"]:
-                if ep is not None:  # an episode ended: store it, log it
-                    self._finish_episode(ep)
+            if all(ep is None for ep in eps):  # every environment is at an episode boundary
                 if eval_next or self.step >= cfg.steps:
                     last_eval = self._eval_and_log(rate_t, rate_step)
                     eval_next = False
@@ -112,50 +140,91 @@ class OnlineTrainer(Trainer):
                 if self._save_at_boundary:
                     self._save_at_boundary = False
                     self.save(self.step, names=[f"{self.step}.pt"])
-                obs, _ = self.env.reset(seed=cfg.seed * 1_000_003 + self.episode)
-                ep = {"obs": [obs], "action": [], "reward": [], "terminated": [],
-                      "success": None, "done": False, "start": self.step}
-                t = 0
+                obs = self._start_episodes(eps, np.ones(N, dtype=bool))
             if stop:
-                return self._interrupted(ep)
+                return self._interrupted(eps)
+            t0 = torch.tensor([ep is not None and not ep["action"] for ep in eps])
             if self.step >= self.random_steps:
-                action = self.agent.act(torch.as_tensor(obs).unsqueeze(0), torch.tensor([t == 0]),
-                                        self.task_t).squeeze(0).cpu().numpy()
+                actions = self.agent.act(torch.as_tensor(obs), t0, self._task_rows(N)).cpu().numpy()
             else:
-                action = self.env.action_space.sample()
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            ep["obs"].append(obs)
-            ep["action"].append(action)
-            ep["reward"].append(reward)
-            ep["terminated"].append(float(terminated))
-            if "success" in info:
-                ep["success"] = float(info["success"])
-            ep["done"] = terminated or truncated
-            t += 1
-            if self.step >= self.learn_from and self.buffer.num_episodes:
-                n = 1 if self.pretrained else max(1, self.burst)  # the burst on seed data
-                if n > 1:
-                    print(f"Pretraining on {self.buffer.num_transitions():,} seed transitions: "
-                          f"{n:,} updates.")
-                for i in range(n):
-                    losses = self.agent.update(self.buffer.sample(cfg.batch_size, cfg.horizon))
-                    self.updates += 1
-                    if stop:
-                        break
-                self.pretrained = True
-            self.step += 1
-            if self.step % cfg.eval_freq == 0:
+                actions = np.stack([self.env.action_space.sample() for _ in range(N)])
+            obs, reward, terminated, truncated, info = self.envs.step(actions)
+            ended = np.zeros(N, dtype=bool)
+            before = self.step
+            for i, ep in enumerate(eps):
+                if ep is None:
+                    continue
+                ep["obs"].append(obs[i])
+                ep["action"].append(actions[i])
+                ep["reward"].append(float(reward[i]))
+                ep["terminated"].append(float(terminated[i]))
+                if "success" in info and info.get("_success", np.ones(N, bool))[i]:
+                    ep["success"] = float(info["success"][i])
+                self.step += 1
+                if terminated[i] or truncated[i]:
+                    self._finish_episode(ep)
+                    eps[i], ended[i] = None, True
+            losses = self._learn(self.step - before, stop) or losses
+            if self.step // cfg.eval_freq > before // cfg.eval_freq:
                 eval_next = True
-            if self.step % cfg.log_freq == 0:
+            if self.step // cfg.log_freq > before // cfg.log_freq:
                 now = time.time()
                 sps = (self.step - rate_step) / max(now - rate_t, 1e-9)
                 vals = {k: float(v) for k, v in losses.items() if k in (
                     "consistency_loss", "value_loss", "energy_loss", "pi_loss")}
                 print(self.logger.progress_line("train", self.step, cfg.steps, sps, **vals),
                       flush=True)
-            if cfg.save_model_every and self.step % cfg.save_model_every == 0 and \
-                    self.step < cfg.steps:
+            if cfg.save_model_every and self.step < cfg.steps and \
+                    self.step // cfg.save_model_every > before // cfg.save_model_every:
                 self._save_at_boundary = True
+            if ended.any():  # restart those environments; they wait when a boundary is due
+                due = eval_next or self.step >= cfg.steps or self._save_at_boundary
+                new_obs = self._start_episodes(eps, ended, record=not due)
+                obs = np.where(ended.reshape(-1, *[1] * (obs.ndim - 1)), new_obs, obs)
+
+    def _task_rows(self, n):
+        return None if self.task_t is None else self.task_t.expand(n)
+
+    def _start_episodes(self, eps, which, record: bool = True):
+        """Reset the environments in ``which``. With ``record`` each starts the next episode,
+        reset with that episode's seed (seed x 1,000,003 + its number); otherwise it waits.
+        Returns the observations of all environments (those not reset: of their last step)."""
+        idx = np.flatnonzero(which)
+        seeds: list[int | None] = [None] * len(eps)
+        if record:
+            for i in idx:
+                seeds[i] = self.cfg.seed * 1_000_003 + self._started
+                eps[i] = {"obs": [], "action": [], "reward": [], "terminated": [],
+                          "success": None}
+                self._started += 1
+        obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": np.asarray(which)})
+        for i in idx:
+            if record:
+                eps[i]["obs"].append(obs[i])
+        return obs
+
+    def _learn(self, env_steps: int, stop) -> dict:
+        """The updates owed after ``env_steps`` more environment steps: none before
+        ``learn_from``, then the burst on the seed data, then ``utd`` per environment step."""
+        if self.step < self.learn_from or not self.buffer.num_episodes:
+            return {}
+        if not self.pretrained:
+            n = max(1, self.burst)
+            if n > 1:
+                print(f"Pretraining on {self.buffer.num_transitions():,} seed transitions: "
+                      f"{n:,} updates.")
+        else:
+            self.update_credit += self.cfg.utd * env_steps
+            n = int(self.update_credit)
+            self.update_credit -= n
+        losses = {}
+        for _ in range(n):
+            losses = self.agent.update(self.buffer.sample(self.cfg.batch_size, self.cfg.horizon))
+            self.updates += 1
+            if stop:
+                break
+        self.pretrained = True
+        return losses
 
     def _finish_episode(self, ep) -> None:
         cfg = self.cfg
@@ -192,5 +261,6 @@ class OnlineTrainer(Trainer):
             self.save(self.step)  # latest.pt for resume after a crash
         return row
 
-    def _interrupted(self, ep) -> dict:
-        self.interrupted(ep["start"])  # the unfinished episode is dropped; resume redoes it
+    def _interrupted(self, eps) -> dict:
+        # unfinished episodes are dropped, and their steps uncounted; resume redoes them
+        self.interrupted(self.step - sum(len(ep["action"]) for ep in eps if ep is not None))
