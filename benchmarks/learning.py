@@ -32,13 +32,19 @@ CPU_DEFAULTS = {"model_size": "1", "diffusion_num_samples": "128", "diffusion_st
                 "save_model_every": "0", "exp_name": "learning"}
 
 
-def parse(argv):
-    args = dict(CPU_DEFAULTS)
+def key_values(argv, defaults=None) -> dict:
+    """key=value command-line arguments over ``defaults``; anything else exits with a sentence."""
+    args = dict(defaults or {})
     for a in argv:
         if "=" not in a:
             sys.exit(f"error: arguments are key=value, got {a!r}.")
         k, v = a.split("=", 1)
         args[k] = v
+    return args
+
+
+def parse(argv):
+    args = key_values(argv, CPU_DEFAULTS)
     if "task" not in args:
         sys.exit("error: pass task=NAME (e.g. task=cartpole-balance).")
     seeds = [int(s) for s in args.pop("seeds", "[1,2]").strip("[]").split(",") if s.strip()]

@@ -34,14 +34,12 @@ from mbdpo import checkpoint as ckpt  # noqa: E402
 from mbdpo.trainers.evaluate import eval_seed, load_agent, run_episodes, task_envs  # noqa: E402
 from mbdpo.trainers.online import fill_env_dims  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from learning import key_values  # noqa: E402
+
 
 def parse(argv):
-    args = {}
-    for a in argv:
-        if "=" not in a:
-            sys.exit(f"error: arguments are key=value, got {a!r}.")
-        k, v = a.split("=", 1)
-        args[k] = v
+    args = key_values(argv)
     if "checkpoint" not in args:
         sys.exit("error: pass checkpoint=PATH (a single-task checkpoint).")
     return args
