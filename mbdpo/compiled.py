@@ -42,9 +42,8 @@ class Compiled:
             return self.fn(*args, **kwargs)
         try:
             return self.compiled(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # torch._dynamo / inductor errors have no common base
+        except Exception as err:  # dynamo / inductor errors have no common base (Ctrl-C is no
+            # Exception: it still stops the run)
             self.failed = True
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             warnings.warn(f"torch.compile of {self.__name__} failed ({type(err).__name__}: "

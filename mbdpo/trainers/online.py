@@ -140,7 +140,7 @@ class OnlineTrainer(Trainer):
                 if self._save_at_boundary:
                     self._save_at_boundary = False
                     self.save(self.step, names=[f"{self.step}.pt"])
-                obs = self._start_episodes(eps, np.ones(N, dtype=bool))
+                obs = self._start_episodes(eps, np.ones(N, dtype=bool), np.ones(N, dtype=bool))
             if stop:
                 return self._interrupted(eps)
             t0 = torch.tensor([ep is not None and not ep["action"] for ep in eps])
@@ -150,6 +150,7 @@ class OnlineTrainer(Trainer):
                 actions = np.stack([self.env.action_space.sample() for _ in range(N)])
             obs, reward, terminated, truncated, info = self.envs.step(actions)
             ended = np.zeros(N, dtype=bool)
+            waiting = np.array([ep is None for ep in eps])
             before = self.step
             for i, ep in enumerate(eps):
                 if ep is None:
@@ -177,30 +178,30 @@ class OnlineTrainer(Trainer):
             if cfg.save_model_every and self.step < cfg.steps and \
                     self.step // cfg.save_model_every > before // cfg.save_model_every:
                 self._save_at_boundary = True
-            if ended.any():  # restart those environments; they wait when a boundary is due
+            # restart the environments that ended: those whose episode ended start the next
+            # one unless a boundary is due (then they wait); waiting ones just reset
+            restart = ended | (waiting & (terminated | truncated))
+            if restart.any():
                 due = eval_next or self.step >= cfg.steps or self._save_at_boundary
-                new_obs = self._start_episodes(eps, ended, record=not due)
-                obs = np.where(ended.reshape(-1, *[1] * (obs.ndim - 1)), new_obs, obs)
+                new_obs = self._start_episodes(eps, restart, ended & (not due))
+                obs = np.where(restart.reshape(-1, *[1] * (obs.ndim - 1)), new_obs, obs)
 
     def _task_rows(self, n):
         return None if self.task_t is None else self.task_t.expand(n)
 
-    def _start_episodes(self, eps, which, record: bool = True):
-        """Reset the environments in ``which``. With ``record`` each starts the next episode,
-        reset with that episode's seed (seed x 1,000,003 + its number); otherwise it waits.
-        Returns the observations of all environments (those not reset: of their last step)."""
-        idx = np.flatnonzero(which)
+    def _start_episodes(self, eps, reset, record):
+        """Reset the environments where ``reset`` (bool (N,)) is set; those where ``record``
+        is also set start their next episode, reset with its seed (seed x 1,000,003 + its
+        number), the others wait. Returns the observations of all environments (those not
+        reset: of their last step)."""
         seeds: list[int | None] = [None] * len(eps)
-        if record:
-            for i in idx:
-                seeds[i] = self.cfg.seed * 1_000_003 + self._started
-                eps[i] = {"obs": [], "action": [], "reward": [], "terminated": [],
-                          "success": None}
-                self._started += 1
-        obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": np.asarray(which)})
-        for i in idx:
-            if record:
-                eps[i]["obs"].append(obs[i])
+        for i in np.flatnonzero(record):
+            seeds[i] = self.cfg.seed * 1_000_003 + self._started
+            self._started += 1
+        obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": np.asarray(reset)})
+        for i in np.flatnonzero(record):
+            eps[i] = {"obs": [obs[i]], "action": [], "reward": [], "terminated": [],
+                      "success": None}
         return obs
 
     def _learn(self, env_steps: int, stop) -> dict:
