@@ -9,8 +9,9 @@ machine's fp32 and bf16 matrix-multiply throughput, for each model size and each
     python benchmarks/speed.py sizes=1 diffusion_num_samples=128 diffusion_steps=10
     python benchmarks/speed.py variants=fp32,bf16+compile num_envs=1,4
 
-A variant is precision (fp32 | bf16) with ``+compile`` for compile=true; the default is all
-four, ``fp32`` first: the baseline (fp32 eager) that the ratio columns divide by, measured in
+A variant is the update's precision (fp32 | bf16), with ``+bf16plan`` for plan_precision=bf16
+(the planner's rollouts in bf16 too) and ``+compile`` for compile=true; the default is
+fp32, bf16, fp32+compile, bf16+compile and bf16+bf16plan+compile, ``fp32`` first: the baseline (fp32 eager) that the ratio columns divide by, measured in
 the same run. Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes
 elsewhere). Other key=value pairs are config overrides (any key of cfgs/config.yaml).
 """
@@ -80,9 +81,11 @@ def count_aten_ops(fn) -> int:
 
 def parse_variant(v: str) -> list[str]:
     precision, *flags = v.split("+")
-    if precision not in ("fp32", "bf16", "auto") or any(f != "compile" for f in flags):
-        sys.exit(f"error: a variant is fp32 or bf16, optionally +compile; got {v!r}.")
-    return [f"precision={precision}", f"compile={'true' if flags else 'false'}"]
+    if precision not in ("fp32", "bf16", "auto") or not set(flags) <= {"compile", "bf16plan"}:
+        sys.exit(f"error: a variant is fp32 or bf16, optionally +bf16plan and +compile; got "
+                 f"{v!r}.")
+    return [f"precision={precision}", f"compile={'true' if 'compile' in flags else 'false'}",
+            f"plan_precision={'bf16' if 'bf16plan' in flags else 'fp32'}"]
 
 
 def make_cfg(overrides):
@@ -162,7 +165,7 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
 
 def main():
     sizes, overrides, online_steps, num_envs = [1, 5], [], 20, [1, 4]
-    variants = ["fp32", "bf16", "fp32+compile", "bf16+compile"]
+    variants = ["fp32", "bf16", "fp32+compile", "bf16+compile", "bf16+bf16plan+compile"]
     out = os.path.join(ROOT, "benchmarks", "results", "speed.json")
     for a in sys.argv[1:]:
         k, _, v = a.partition("=")
@@ -178,7 +181,7 @@ def main():
             online_steps = int(v)
         elif k == "out":
             out = os.path.abspath(v)
-        elif k in ("precision", "compile"):
+        elif k in ("precision", "plan_precision", "compile"):
             sys.exit(f"error: {k} is set per variant: pass variants=... (e.g. bf16+compile).")
         else:
             overrides.append(a)
@@ -202,7 +205,7 @@ def main():
           f"{gemm['fp32']:.0f} GFLOP/s fp32, {gemm['bf16']:.0f} bf16, task {cfg.task}, "
           f"planner K={rows[0]['K']} N={rows[0]['N']}, batch {rows[0]['batch_size']}; "
           f"x = time / the size's first variant's, same run")
-    head = (f"{'size':>4} {'variant':>13} {'act ms':>8} {'x':>5} {'update ms':>10} {'x':>5} "
+    head = (f"{'size':>4} {'variant':>21} {'act ms':>8} {'x':>5} {'update ms':>10} {'x':>5} "
             f"{'steps/s':>8} {'x' + str(num_envs[-1]) + ' envs':>8} {'aten ops/act':>13} {'first call s':>13} {'GFLOP/act':>10} "
             f"{'GFLOP/s':>8} {'% fp32 mm':>10} {'% bf16 mm':>10}")
     print(head)
@@ -211,7 +214,7 @@ def main():
         base = next(b for b in rows if b["model_size"] == r["model_size"])
         r["act_ratio"] = r["act_ms"] / base["act_ms"]
         r["update_ratio"] = r["update_ms"] / base["update_ms"]
-        print(f"{r['model_size']:>4} {r['variant']:>13} {r['act_ms']:>8.1f} "
+        print(f"{r['model_size']:>4} {r['variant']:>21} {r['act_ms']:>8.1f} "
               f"{r['act_ratio']:>5.2f} {r['update_ms']:>10.1f} {r['update_ratio']:>5.2f} "
               f"{r['env_steps_per_s']:>8.2f} "
               f"{r['env_steps_per_s_by_num_envs'][num_envs[-1]]:>8.2f} {r['aten_ops_per_act']:>13,} "

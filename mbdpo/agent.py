@@ -37,9 +37,12 @@ class MBDPO:
         self.discounts = torch.tensor(list(cfg.discounts), device=self.device)
         self.rho = cfg.rho ** torch.arange(cfg.horizon + 1, device=self.device, dtype=torch.float)
         self.warm: dict[str, torch.Tensor] = {}  # last plan per stream ('train', 'eval')
-        # precision: bf16 autocast for the planner's rollouts and the update's forward pass;
-        # weights, optimiser state, losses, two-hot decoding and statistics stay fp32
+        # precision: bf16 autocast of the update's forward pass (weights, optimiser state,
+        # losses, two-hot decoding and statistics stay fp32); plan_precision: the same for the
+        # planner's rollouts, fp32 by default: bf16's error on an imagined return exceeds the
+        # return's spread over the last denoising steps' candidates (README, Precision)
         self.amp_dtype = amp_dtype(cfg.get("precision", "fp32"), self.device)
+        self.plan_amp_dtype = amp_dtype(cfg.get("plan_precision", "fp32"), self.device)
         self.update_fn, self.plan_fn = self._update, self._plan
         if self.graphs:
             self.update_fn, self.plan_fn = Graphed(self._update), Graphed(self._plan)
@@ -48,9 +51,11 @@ class MBDPO:
             self.planner.weighted_mean = Compiled(self.planner.weighted_mean, mode)
             self._model_losses = Compiled(self._model_losses, mode)
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                              enabled=self.amp_dtype is not None)
+    def autocast(self, plan: bool = False):
+        """The update's autocast context (the planner's with ``plan``)."""
+        dtype = self.plan_amp_dtype if plan else self.amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16,
+                              enabled=dtype is not None)
 
     # -- acting ---------------------------------------------------------------------------
     def _discount(self, task, n):
@@ -89,7 +94,7 @@ class MBDPO:
         """Encode, then denoise from the warm start: the plan (E, H, A)."""
         m = self.model
         e, mask = m.embed(task), m.action_mask(task)
-        with self.autocast():
+        with self.autocast(plan=True):
             z = m.encode(obs, e)
             if self.cfg.score_only_inference:
                 return self.planner.plan_with_score_net(z, e, mask, warm).float()

@@ -182,8 +182,9 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
         raise ConfigError("score_only_inference=true needs use_score_network=true.")
     if cfg.threads is not None:
         _positive_int(cfg, "threads")
-    _check(cfg.precision in ("auto", "fp32", "bf16"), "precision", cfg.precision,
-           "expected auto, fp32 or bf16")
+    for key in ("precision", "plan_precision"):
+        _check(cfg.get(key, "fp32") in ("auto", "fp32", "bf16"), key, cfg.get(key),
+               "expected auto, fp32 or bf16")
     _check(isinstance(cfg.seed_episodes, int) and cfg.seed_episodes >= 0, "seed_episodes",
            cfg.seed_episodes, "expected an integer >= 0")
     cfg.device = str(resolve_device(str(cfg.device)))

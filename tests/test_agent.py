@@ -416,9 +416,9 @@ def test_update_losses_match_a_plain_reimplementation_of_section_2():
     assert y[1, :5].sub(rew[1, :5]).abs().max() == 0  # no bootstrap past a termination
 
 
-def _trained_pair(precision, updates=30):
-    """Two agents with the same weights after ``updates`` fp32 updates, one of them acting and
-    updating in ``precision``."""
+def _trained_pair(*precision, updates=30):
+    """Two agents with the same weights after ``updates`` fp32 updates, the second with the
+    ``precision`` / ``plan_precision`` overrides."""
     cfg = make_cfg("task=cartpole-balance", "model_size=1", "batch_size=64", "dropout=0",
                    "diffusion_num_samples=128", "diffusion_steps=10")
     torch.manual_seed(0)
@@ -428,7 +428,7 @@ def _trained_pair(precision, updates=30):
         ref.update(batch)
     other = MBDPO(make_cfg("task=cartpole-balance", "model_size=1", "batch_size=64",
                            "dropout=0", "diffusion_num_samples=128", "diffusion_steps=10",
-                           f"precision={precision}"))
+                           *precision))
     other.load_state_dict(ref.state_dict())
     return ref, other, batch
 
@@ -438,15 +438,16 @@ def test_bf16_ranks_most_of_the_same_elites():
     least 48 (and 56 on average over 4 states) are among bf16's 64 best. (Whole plans of this
     barely trained model differ more: its returns are nearly flat over actions, see the
     README's precision notes.)"""
-    ref, bf, _ = _trained_pair("bf16")
-    assert ref.amp_dtype is None and bf.amp_dtype == torch.bfloat16
+    ref, bf, _ = _trained_pair("plan_precision=bf16")
+    assert ref.plan_amp_dtype is None and bf.plan_amp_dtype == torch.bfloat16
+    assert bf.amp_dtype is None
     g = torch.Generator().manual_seed(1)
     obs = torch.randn(4, 5, generator=g)
     X = torch.rand(4, 512, 3, 1, generator=g) * 2 - 1
     disc = torch.full((4, 1), 0.99)
     tops = []
     for agent in (ref, bf):
-        with torch.no_grad(), agent.autocast():
+        with torch.no_grad(), agent.autocast(plan=True):
             z = agent.model.encode(obs, None)
             J, _ = agent.planner.returns(z, X, None, disc)
         assert J.dtype == torch.float32
@@ -455,9 +456,27 @@ def test_bf16_ranks_most_of_the_same_elites():
     assert min(overlap) >= 48 and sum(overlap) >= 4 * 56, overlap
 
 
+def test_bf16_update_plans_in_fp32_unless_asked():
+    """precision=bf16 is the update's: the planner stays fp32 (the same actions as an fp32
+    agent's from the same weights and RNG) unless plan_precision=bf16 says otherwise."""
+    obs = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+    first = torch.ones(3, dtype=torch.bool)
+    plans = []
+    for extra in ([], ["plan_precision=bf16"]):
+        ref, bf, _ = _trained_pair("precision=bf16", *extra, updates=5)
+        assert bf.amp_dtype == torch.bfloat16
+        pair = []
+        for agent in (ref, bf):
+            torch.manual_seed(4)
+            pair.append(agent.act(obs, first, eval_mode=True))
+        plans.append(pair)
+    assert torch.equal(plans[0][0], plans[0][1])
+    assert not torch.equal(plans[1][0], plans[1][1])
+
+
 def test_bf16_update_losses_match_fp32():
     """One update from the same weights and RNG: every loss within 2% of fp32's."""
-    ref, bf, batch = _trained_pair("bf16")
+    ref, bf, batch = _trained_pair("precision=bf16")
     outs = []
     for agent in (ref, bf):
         torch.manual_seed(3)

@@ -211,6 +211,7 @@ def test_wandb_offline(tmp_path):
     (["compile=true", "cuda_graphs=true"],
      "compile=true and cuda_graphs=true both record CUDA graphs"),
     (["precision=fp16"], "Bad value precision='fp16': expected auto, fp32 or bf16."),
+    (["plan_precision=half"], "Bad value plan_precision='half': expected auto, fp32 or bf16."),
     (["utd=0"], "Bad value utd=0: expected a number > 0 (updates per environment step)."),
     (["num_envs=0"], "Bad value num_envs=0: expected a positive integer."),
 ])
