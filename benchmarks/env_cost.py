@@ -3,6 +3,11 @@ actions (one agent step includes the task's action repeat), from state and from 
 
     python benchmarks/env_cost.py                       # one task per installed suite + pixels
     python benchmarks/env_cost.py tasks=dog-run,mw-assembly steps=200
+    python benchmarks/env_cost.py tasks=walker-walk obs=rgb vector=10 steps=100
+
+With ``vector=N`` it also times one lockstep step of N environments (how an evaluation of N
+episodes, or num_envs=N training, steps them) in turn in one process and in N worker
+processes (gymnasium's AsyncVectorEnv, ``async_envs=true``).
 
 Prints a table and writes benchmarks/results/env_cost.json (rows of other tasks from earlier
 runs are kept). Suites that are not installed (or, for ManiSkill2, have no Vulkan device) are
@@ -59,6 +64,29 @@ def measure(task: str, obs: str, steps: int) -> dict:
             "step_ms": round(step_s * 1e3, 3), "steps": n}
 
 
+def measure_vector(task: str, obs: str, n: int, steps: int) -> dict:
+    """ms per lockstep step of ``n`` environments, in turn and in worker processes."""
+    import functools
+
+    from mbdpo.trainers.evaluate import vector_env
+    cfg = OmegaConf.create({"task": task, "obs": obs, "seed": 0})
+    fns = [functools.partial(make_env, cfg, seed=i) for i in range(n)]
+    out = {}
+    for name, venv in (("in_turn_ms", vector_env([fn() for fn in fns])),
+                       ("workers_ms", vector_env(fns, workers=True))):
+        venv.reset(seed=list(range(n)))
+        rng = np.random.default_rng(0)
+        A = venv.single_action_space.shape[0]
+        t = time.perf_counter()
+        for _ in range(steps):
+            _, _, term, trunc, _ = venv.step(rng.uniform(-1, 1, (n, A)).astype(np.float32))
+            if (term | trunc).any():
+                venv.reset(options={"reset_mask": term | trunc})
+        out[name] = round((time.perf_counter() - t) / steps * 1e3, 2)
+        venv.close()
+    return {f"vector_{n}_{k}": v for k, v in out.items()}
+
+
 def main(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv)
     steps = int(args.get("steps", 500))
@@ -68,9 +96,12 @@ def main(argv: list[str]) -> None:
     else:
         todo = DEFAULT
     rows, skipped = [], []
+    vector = int(args.get("vector", 0))
     for task, obs in todo:
         try:
             rows.append(measure(task, obs, steps))
+            if vector:
+                rows[-1].update(measure_vector(task, obs, vector, steps))
         except Exception as err:  # noqa: BLE001  (a suite missing here is reported, not fatal)
             skipped.append({"task": task, "obs": obs, "reason": str(err).splitlines()[0]})
     print(f"{'task':18s} {'suite':11s} {'obs':5s} {'repeat':>6s} {'make s':>7s} "
@@ -78,6 +109,10 @@ def main(argv: list[str]) -> None:
     for r in rows:
         print(f"{r['task']:18s} {r['suite']:11s} {r['obs']:5s} {r['action_repeat']:6d} "
               f"{r['make_s']:7.2f} {r['reset_ms']:9.1f} {r['step_ms']:8.2f}")
+        if vector:
+            print(f"{'':18s} {vector} environments per lockstep step: "
+                  f"{r[f'vector_{vector}_in_turn_ms']:.2f} ms in turn, "
+                  f"{r[f'vector_{vector}_workers_ms']:.2f} ms in worker processes")
     for s in skipped:
         print(f"{s['task']:18s} skipped: {s['reason']}")
     # Rows of earlier runs for other tasks are kept: ManiSkill2 runs in its own environment,

@@ -1,8 +1,13 @@
 """Evaluation start states: each evaluation of a curve resets its own, reproducibly."""
+import functools
+
+import gymnasium as gym
 import numpy as np
+import pytest
+import torch
 
 from mbdpo.trainers import online
-from mbdpo.trainers.evaluate import eval_seed
+from mbdpo.trainers.evaluate import eval_seed, run_episodes, vector_env
 from tests.conftest import make_cfg
 
 
@@ -17,11 +22,12 @@ def test_online_evaluations_start_from_new_states_each_time(tmp_path, monkeypatc
     cfg = make_cfg("task=cartpole-swingup", "model_size=1", "eval_episodes=3",
                    f"work_dir={tmp_path}", "steps=5000", "threads=1")
     trainer = online.OnlineTrainer(cfg)
+    assert isinstance(trainer.eval_envs, gym.vector.AsyncVectorEnv)  # one worker per episode
     seen = []
 
     def fake_run_episodes(agent, envs, seed=None, **kw):
         seen.append(seed)
-        return {"rewards": np.zeros(len(envs)), "successes": None, "frames": []}
+        return {"rewards": np.zeros(envs.num_envs), "successes": None, "frames": []}
 
     monkeypatch.setattr(online, "run_episodes", fake_run_episodes)
     starts = {}
@@ -29,9 +35,64 @@ def test_online_evaluations_start_from_new_states_each_time(tmp_path, monkeypatc
         trainer.step = step
         trainer.evaluate()
         starts.setdefault(step, []).append(
-            np.stack([env.reset(seed=seen[-1] + i)[0] for i, env in enumerate(trainer.eval_envs)]))
+            trainer.eval_envs.reset(seed=[seen[-1] + i for i in range(3)])[0])
     assert seen == [eval_seed(1, 0), eval_seed(1, 2500), eval_seed(1, 2500)]
     assert np.array_equal(starts[2500][0], starts[2500][1])  # the same step: the same states
     assert np.abs(starts[0][0] - starts[2500][0]).min() > 0  # another step: other states
     # and the three episodes of one evaluation start apart
     assert np.abs(starts[0][0][0] - starts[0][0][1]).max() > 1e-3
+
+
+class CountingEnv(gym.Env):
+    """Reward 1 per step; the episode ends after 2 + reset seed % 5 steps (terminated), and a
+    step past the end raises, as Meta-World's do."""
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.length, self.t = 2 + (seed or 0) % 5, 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        if self.t >= self.length:
+            raise RuntimeError("stepped past the episode's end")
+        self.t += 1
+        obs = np.array([self.t / 10, float(action[0])], np.float32)
+        return obs, 1.0, self.t == self.length, False, {}
+
+
+class ObsAgent:
+    """Acts deterministically from the observation: the same observations give the same run."""
+    device = torch.device("cpu")
+
+    def act(self, obs, t0, task=None, eval_mode=True, stream="eval"):
+        return (obs[:, :1] * 3 - 0.2).clamp(-1, 1)
+
+
+@pytest.mark.parametrize("workers", [False, True])
+def test_episodes_of_different_lengths_each_end_once(workers):
+    """Episodes of 2..6 steps in lockstep: each is counted to its own end and its environment
+    is never stepped past it (it restarts while the others finish)."""
+    envs = [CountingEnv for _ in range(4)] if workers else [CountingEnv() for _ in range(4)]
+    venv = vector_env(envs, workers=workers)
+    out = run_episodes(ObsAgent(), venv, seed=10, record=True)
+    assert out["rewards"].tolist() == [2 + (10 + i) % 5 for i in range(4)]  # 2, 3, 4, 5
+    assert [len(ep["action"]) for ep in out["episodes"]] == [2, 3, 4, 5]
+    venv.close()
+
+
+def test_evaluation_in_worker_processes_equals_in_process():
+    """The same agent and start states give the same returns whether the evaluation's
+    cartpole environments step in worker processes or in turn in this process."""
+    from mbdpo.envs import make_env
+    cfg = make_cfg("task=cartpole-swingup", "model_size=1")
+    fns = [functools.partial(make_env, cfg, seed=i) for i in range(3)]
+    inproc = run_episodes(ObsAgent(), [fn() for fn in fns], seed=7)
+    venv = vector_env(fns, workers=True)
+    assert isinstance(venv, gym.vector.AsyncVectorEnv)
+    workers = run_episodes(ObsAgent(), venv, seed=7)
+    venv.close()
+    assert np.abs(inproc["rewards"]).min() > 0
+    np.testing.assert_array_equal(workers["rewards"], inproc["rewards"])
+    assert len(set(inproc["rewards"].tolist())) == 3  # three different start states

@@ -2,6 +2,9 @@
 batched planner call per step."""
 from __future__ import annotations
 
+import functools
+
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -15,14 +18,40 @@ def eval_seed(seed: int, step: int) -> int:
     return int(state[0]) % 2**30
 
 
+def vector_env(envs, workers: bool = False) -> gym.vector.VectorEnv:
+    """``envs`` behind gymnasium's vector API with autoreset disabled: a list of environments
+    stepped in turn in this process, or, with ``workers``, environment factories each run in
+    its own worker process (for simulators slow per step). A vector env is returned as is."""
+    if isinstance(envs, gym.vector.VectorEnv):
+        return envs
+    mode = gym.vector.AutoresetMode.DISABLED
+    if workers:
+        return gym.vector.AsyncVectorEnv(list(envs), autoreset_mode=mode)
+    return gym.vector.SyncVectorEnv([functools.partial(_itself, e) for e in envs],
+                                    autoreset_mode=mode)
+
+
+def _itself(env):
+    return env
+
+
+def _frame(venv, i: int):
+    if isinstance(venv, gym.vector.SyncVectorEnv):
+        return venv.envs[i].render()
+    return venv.call("render")[i]
+
+
 def run_episodes(agent, envs, task: int | None = None, video_env: int | None = None,
                  seed: int | None = None, record: bool = False) -> dict:
-    """One episode in each of ``envs``, acting for all of them with one batched call per step
-    (uniform random actions when ``agent`` is None). Returns rewards (E,), successes (E,) or
-    None (success at the last step, as the published curves count it), frames, and with
-    ``record`` the episodes themselves (obs (L+1, ...), action (L, A), reward (L,))."""
-    E = len(envs)
-    obs = [env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(envs)]
+    """One episode in each of ``envs`` (a list of environments, stepped in turn, or a vector
+    env such as worker processes from ``vector_env``), acting for all of them with one batched
+    call per step (uniform random actions when ``agent`` is None). Returns rewards (E,),
+    successes (E,) or None (success at the last step, as the published curves count it),
+    frames, and with ``record`` the episodes themselves (obs (L+1, ...), action (L, A),
+    reward (L,))."""
+    venv = vector_env(envs)
+    E = venv.num_envs
+    obs, _ = venv.reset(seed=None if seed is None else [seed + i for i in range(E)])
     rewards = np.zeros(E)
     success = np.zeros(E)
     has_success = False
@@ -35,25 +64,28 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
     t = 0
     while not done.all():
         if frames is not None and not done[video_env]:
-            frames.append(envs[video_env].render())
+            frames.append(_frame(venv, video_env))
         if agent is None:
-            actions = np.stack([env.action_space.sample() for env in envs])
+            actions = np.stack([venv.single_action_space.sample() for _ in range(E)])
         else:
-            actions = agent.act(torch.as_tensor(np.stack(obs)), torch.full((E,), t == 0),
+            actions = agent.act(torch.as_tensor(obs), torch.full((E,), t == 0),
                                 task_t, eval_mode=True, stream="eval").cpu().numpy()
-        for i, env in enumerate(envs):
-            if done[i]:
-                continue
-            obs[i], r, terminated, truncated, info = env.step(actions[i])
-            rewards[i] += r
-            if "success" in info:
+        obs, r, terminated, truncated, info = venv.step(actions)
+        for i in np.flatnonzero(~done):
+            rewards[i] += r[i]
+            if "success" in info and info["_success"][i]:
                 has_success = True
-                success[i] = float(info["success"])  # at the episode's last step
-            done[i] = terminated or truncated
+                success[i] = float(info["success"][i])  # at the episode's last step
             if record:
                 episodes[i]["obs"].append(obs[i])
                 episodes[i]["action"].append(actions[i])
-                episodes[i]["reward"].append(r)
+                episodes[i]["reward"].append(float(r[i]))
+        ended = terminated | truncated
+        done |= ended
+        if ended.any() and not done.all():
+            # an environment is never stepped past its episode's end: it restarts, and its
+            # steps until the others end are not counted
+            venv.reset(options={"reset_mask": ended})
         t += 1
     if record:
         episodes = [{k: np.asarray(v, dtype=np.float32) for k, v in ep.items()}
@@ -70,14 +102,20 @@ def normalized_score(task: str, row: dict) -> float:
     return row["episode_reward"] / 10.0
 
 
-def task_envs(cfg, task: str, n: int, seed: int):
-    """``n`` environments of ``task`` as the config's model sees them (padded when multi-task)."""
+def task_envs(cfg, task: str, n: int, seed: int, workers: bool = False):
+    """``n`` environments of ``task`` as the config's model sees them (padded when multi-task):
+    a list, or with ``workers`` (and n > 1) a vector env of n worker processes."""
+    fns = [functools.partial(task_env, cfg, task, seed + i) for i in range(n)]
+    if workers and n > 1:
+        return vector_env(fns, workers=True)
+    return [fn() for fn in fns]
+
+
+def task_env(cfg, task: str, seed: int):
     from mbdpo.envs import make_env
     from mbdpo.envs.wrappers import PadObsAction
-    envs = [make_env(cfg, task=task, seed=seed + i) for i in range(n)]
-    if cfg.multitask:
-        envs = [PadObsAction(e, cfg.obs_dim, cfg.action_dim) for e in envs]
-    return envs
+    env = make_env(cfg, task=task, seed=seed)
+    return PadObsAction(env, cfg.obs_dim, cfg.action_dim) if cfg.multitask else env
 
 
 def evaluate_tasks(agent, cfg, tasks: list[str], episodes: int, seed: int,
@@ -215,8 +253,8 @@ def evaluate_checkpoint(cfg) -> dict:
         if str(cfg.task) in TASK_SETS:
             raise ConfigError(f"{path} is a single-task checkpoint ({saved.get('task')}): pass "
                               f"task={saved.get('task')} or another single task.")
-        envs = task_envs(cfg, cfg.task, cfg.eval_episodes, seed)
-        fill_env_dims(cfg, envs[0])
+        envs = task_envs(cfg, cfg.task, cfg.eval_episodes, seed, workers=cfg.async_envs)
+        fill_env_dims(cfg, envs if isinstance(envs, gym.vector.VectorEnv) else envs[0])
         agent = load_agent(cfg, path, state)
         result = run_episodes(agent, envs, video_env=0 if cfg.save_video else None, seed=seed)
         row = {"step": step, "task": cfg.task, "seed": cfg.seed,

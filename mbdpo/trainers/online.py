@@ -15,14 +15,15 @@ from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
 from mbdpo.replay import EpisodeReplay
 from mbdpo.trainers.base import Trainer, write_metadata
-from mbdpo.trainers.evaluate import eval_seed, run_episodes, summarise
+from mbdpo.trainers.evaluate import eval_seed, run_episodes, summarise, vector_env
 
 
 def fill_env_dims(cfg, env) -> None:
-    """Record the observation and action sizes of the task's environment in the config."""
-    cfg.obs_shape = list(env.observation_space.shape)
+    """Record the observation and action sizes of the task's environment (or of each of a
+    vector env's) in the config."""
+    cfg.obs_shape = list(getattr(env, "single_observation_space", env.observation_space).shape)
     cfg.obs_dim = int(cfg.obs_shape[0]) if cfg.obs == "state" else 0
-    cfg.action_dim = int(env.action_space.shape[0])
+    cfg.action_dim = int(getattr(env, "single_action_space", env.action_space).shape[0])
     cfg.action_dims = [cfg.action_dim]
     cfg.num_tasks = len(cfg.tasks)
 
@@ -38,7 +39,7 @@ class OnlineTrainer(Trainer):
         self.env = self.make_env(cfg.seed)
         self.env.action_space.seed(cfg.seed)  # the random seeding actions
         self.envs = self.make_vector_env()
-        self.eval_envs = [self.make_env(cfg.seed + 10_000 + i) for i in range(cfg.eval_episodes)]
+        self.eval_envs = self.make_eval_envs()
         self.agent = self.make_agent()
         L = cfg.episode_lengths[0] if self.task_id is None else cfg.episode_lengths[self.task_id]
         self.episode_length = L
@@ -70,13 +71,23 @@ class OnlineTrainer(Trainer):
         loop itself (autoreset disabled): one worker process each with ``async_envs=true``
         (for simulators slow per step), else stepped in turn in this process. With one
         environment it is ``self.env`` itself."""
-        cfg, mode = self.cfg, gym.vector.AutoresetMode.DISABLED
+        cfg = self.cfg
         if cfg.num_envs == 1:
-            return gym.vector.SyncVectorEnv([lambda: self.env], autoreset_mode=mode)
+            return vector_env([self.env])
         fns = [self.env_factory(cfg.seed + 1_000 * i) for i in range(cfg.num_envs)]
         if cfg.async_envs:
-            return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
-        return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+            return vector_env(fns, workers=True)
+        return vector_env([fn() for fn in fns])
+
+    def make_eval_envs(self) -> gym.vector.VectorEnv:
+        """The ``eval_episodes`` evaluation environments, stepped together: one worker process
+        each with ``async_envs=true`` (a step of all of them costs about one step's time
+        instead of the sum), else in turn in this process."""
+        cfg = self.cfg
+        seeds = [cfg.seed + 10_000 + i for i in range(cfg.eval_episodes)]
+        if cfg.async_envs and cfg.eval_episodes > 1:
+            return vector_env([self.env_factory(s) for s in seeds], workers=True)
+        return vector_env([self.make_env(s) for s in seeds])
 
     def make_agent(self) -> MBDPO:
         return MBDPO(self.cfg)
