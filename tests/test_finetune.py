@@ -132,6 +132,30 @@ def test_tasks_that_do_not_fit_and_single_task_checkpoints_are_refused(tmp_path)
 
 
 @pytest.mark.slow
+def test_finetune_with_two_environments_in_workers(mt70_ckpt, tmp_path):
+    """num_envs=2 fine-tuning: two padded walker-walk environments in worker processes, one
+    planner call for both, their episodes stored with the observation padding and the task's
+    action mask; updates from the first stored episodes on (step 1,000: one, then one per
+    environment step)."""
+    import gymnasium as gym
+    path, saved_cfg, _ = mt70_ckpt
+    state = ckpt.load(path)
+    cfg = ft_cfg("walker-walk", f"save_path={tmp_path}", "num_envs=2", "steps=2000",
+                 "eval_freq=2000", "log_freq=1000")
+    setup = finetune_setup(cfg, state["config"], path)
+    trainer = FinetuneTrainer(cfg, "finetune", setup, state)
+    assert isinstance(trainer.envs, gym.vector.AsyncVectorEnv) and trainer.envs.num_envs == 2
+    trainer.train()
+    buf, used = trainer.buffer, saved_cfg.action_dims[setup["task_id"]]
+    assert trainer.step == 2000 and buf.num_episodes == 4 and trainer.updates == 1 + 1000
+    obs, act = buf.obs[: buf.num_transitions() + 4], buf.action[: buf.num_transitions() + 4]
+    assert (obs[:, 24:] == 0).all() and obs[:, :24].abs().sum() > 0  # walker's 24 of 39
+    real = act[~act.isnan().any(-1)]
+    assert len(real) == 2000 and (real[:, used:] == 0).all() and real[:, :used].abs().sum() > 0
+    returns = [float(r["episode_reward"]) for r in rows(os.path.join(trainer.dir, "train.csv"))]
+    assert len(returns) == 4 and len(set(returns)) == 4
+
+
 def test_offline_to_online_both_arms_and_resume(mt70_ckpt, tmp_path):
     path, _, _ = mt70_ckpt
     out_dir = str(tmp_path / "ft")
