@@ -68,12 +68,13 @@ def measure_vector(task: str, obs: str, n: int, steps: int) -> dict:
     """ms per lockstep step of ``n`` environments, in turn and in worker processes."""
     import functools
 
-    from mbdpo.trainers.evaluate import vector_env
+    from mbdpo.trainers.evaluate import vector_env, worker_context
     cfg = OmegaConf.create({"task": task, "obs": obs, "seed": 0})
     fns = [functools.partial(make_env, cfg, seed=i) for i in range(n)]
     out = {}
     for name, venv in (("in_turn_ms", vector_env([fn() for fn in fns])),
-                       ("workers_ms", vector_env(fns, workers=True))):
+                       ("workers_ms", vector_env(fns, workers=True,
+                                                 context=worker_context(cfg)))):
         venv.reset(seed=list(range(n)))
         rng = np.random.default_rng(0)
         A = venv.single_action_space.shape[0]

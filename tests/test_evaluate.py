@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mbdpo.trainers import online
-from mbdpo.trainers.evaluate import eval_seed, run_episodes, vector_env
+from mbdpo.trainers.evaluate import (eval_seed, run_episodes, task_envs, vector_env,
+                                     worker_context)
 from tests.conftest import make_cfg
 
 
@@ -96,3 +97,23 @@ def test_evaluation_in_worker_processes_equals_in_process():
     assert np.abs(inproc["rewards"]).min() > 0
     np.testing.assert_array_equal(workers["rewards"], inproc["rewards"])
     assert len(set(inproc["rewards"].tolist())) == 3  # three different start states
+
+
+def test_pixel_workers_start_beside_a_pixel_env_in_this_process():
+    """With a pixel environment rendering in this process (an EGL context here), evaluation
+    workers for pixels still reset and step: they start from a fresh server process (workers
+    forked from this one hang at their first render)."""
+    from mbdpo.envs import make_env
+    cfg = make_cfg("task=walker-walk", "obs=rgb", "model_size=1")
+    here = make_env(cfg, seed=0)
+    here.reset(seed=0)
+    assert worker_context(cfg) == "forkserver" and worker_context(make_cfg()) is None
+    venv = task_envs(cfg, "walker-walk", 2, 5, workers=True)
+    venv.reset_async(seed=[5, 6])
+    obs, _ = venv.reset_wait(timeout=120)  # raises instead of hanging
+    venv.step_async(np.zeros((2, 6), np.float32))
+    obs2 = venv.step_wait(timeout=60)[0]
+    venv.close()
+    here.close()
+    assert obs.shape[0] == 2 and obs.dtype == np.uint8 and obs.std() > 0
+    assert np.abs(obs2.astype(int) - obs.astype(int)).max() > 0

@@ -15,7 +15,8 @@ from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
 from mbdpo.replay import EpisodeReplay
 from mbdpo.trainers.base import Trainer, write_metadata
-from mbdpo.trainers.evaluate import eval_seed, run_episodes, summarise, vector_env
+from mbdpo.trainers.evaluate import (eval_seed, run_episodes, summarise, vector_env,
+                                     worker_context)
 
 
 def fill_env_dims(cfg, env) -> None:
@@ -76,7 +77,7 @@ class OnlineTrainer(Trainer):
             return vector_env([self.env])
         fns = [self.env_factory(cfg.seed + 1_000 * i) for i in range(cfg.num_envs)]
         if cfg.async_envs:
-            return vector_env(fns, workers=True)
+            return vector_env(fns, workers=True, context=worker_context(cfg))
         return vector_env([fn() for fn in fns])
 
     def make_eval_envs(self) -> gym.vector.VectorEnv:
@@ -86,7 +87,8 @@ class OnlineTrainer(Trainer):
         cfg = self.cfg
         seeds = [cfg.seed + 10_000 + i for i in range(cfg.eval_episodes)]
         if cfg.async_envs and cfg.eval_episodes > 1:
-            return vector_env([self.env_factory(s) for s in seeds], workers=True)
+            return vector_env([self.env_factory(s) for s in seeds], workers=True,
+                              context=worker_context(cfg))
         return vector_env([self.make_env(s) for s in seeds])
 
     def make_agent(self) -> MBDPO:
