@@ -75,20 +75,20 @@ class OnlineTrainer(Trainer):
         cfg = self.cfg
         if cfg.num_envs == 1:
             return vector_env([self.env])
-        fns = [self.env_factory(cfg.seed + 1_000 * i) for i in range(cfg.num_envs)]
-        if cfg.async_envs:
-            return vector_env(fns, workers=True, context=worker_context(cfg))
-        return vector_env([fn() for fn in fns])
+        return self._envs([cfg.seed + 1_000 * i for i in range(cfg.num_envs)], cfg.async_envs)
 
     def make_eval_envs(self) -> gym.vector.VectorEnv:
         """The ``eval_episodes`` evaluation environments, stepped together: one worker process
-        each with ``async_envs=true`` (a step of all of them costs about one step's time
-        instead of the sum), else in turn in this process."""
+        each with ``async_envs=true`` (stepped at once, as far as there are cores), else in
+        turn in this process."""
         cfg = self.cfg
         seeds = [cfg.seed + 10_000 + i for i in range(cfg.eval_episodes)]
-        if cfg.async_envs and cfg.eval_episodes > 1:
+        return self._envs(seeds, cfg.async_envs and cfg.eval_episodes > 1)
+
+    def _envs(self, seeds: list[int], workers: bool) -> gym.vector.VectorEnv:
+        if workers:
             return vector_env([self.env_factory(s) for s in seeds], workers=True,
-                              context=worker_context(cfg))
+                              context=worker_context(self.cfg))
         return vector_env([self.make_env(s) for s in seeds])
 
     def make_agent(self) -> MBDPO:
