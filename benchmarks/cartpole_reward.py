@@ -19,11 +19,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe import PriorMean, config, parse  # noqa: E402
+from probe import PriorMean, load_run, parse  # noqa: E402
 
-from mbdpo import checkpoint as ckpt  # noqa: E402
-from mbdpo.trainers.evaluate import eval_seed, load_agent, run_episodes, task_envs  # noqa: E402
-from mbdpo.trainers.online import fill_env_dims  # noqa: E402
+from mbdpo.trainers.evaluate import run_episodes  # noqa: E402
 
 
 def factors(obs: np.ndarray, action: np.ndarray) -> dict:
@@ -42,15 +40,9 @@ def main():
     path = args.pop("checkpoint")
     n, prior = int(args.pop("episodes", "3")), args.pop("prior", "false") == "true"
     torch.set_num_threads(int(args.pop("threads", "1")))
-    state = ckpt.load(path)
-    cfg = config(state, args)
+    state, cfg, agent, envs, seed = load_run(path, args, n)
     if not str(cfg.task).startswith("cartpole"):
         sys.exit(f"error: {path} is a {cfg.task} checkpoint; this reads cartpole ones.")
-    seed = eval_seed(cfg.seed, state.get("step", 0))
-    envs = task_envs(cfg, cfg.task, n, seed)
-    fill_env_dims(cfg, envs[0])
-    agent = load_agent(cfg, path, state)
-    ckpt.seed_everything(cfg.seed)
     out = run_episodes(PriorMean(agent) if prior else agent, envs, seed=seed, record=True)
     print(f"{cfg.task}, {path} (step {state.get('step', 0):,}), acting with the "
           f"{'policy prior mean' if prior else 'planner'}")

@@ -20,11 +20,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe import PriorMean, config, parse  # noqa: E402
+from probe import PriorMean, load_run, parse  # noqa: E402
 
-from mbdpo import checkpoint as ckpt  # noqa: E402
-from mbdpo.trainers.evaluate import eval_seed, load_agent, run_episodes, task_envs  # noqa: E402
-from mbdpo.trainers.online import fill_env_dims  # noqa: E402
+from mbdpo.trainers.evaluate import run_episodes  # noqa: E402
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -54,14 +52,7 @@ def main():
     path = args.pop("checkpoint")
     torch.set_num_threads(int(args.pop("threads", "1")))
     K, S = int(args.pop("candidates", "128")), int(args.pop("states", "32"))
-    state = ckpt.load(path)
-    cfg = config(state, args)
-    if cfg.multitask:
-        sys.exit("error: this benchmark reads single-task checkpoints.")
-    seed = eval_seed(cfg.seed, state.get("step", 0))
-    envs = task_envs(cfg, cfg.task, 1, seed)
-    fill_env_dims(cfg, envs[0])
-    agent = load_agent(cfg, path, state)
+    state, cfg, agent, envs, seed = load_run(path, args, 1)
     m, pl = agent.model, agent.planner
     m.eval()
     ep = run_episodes(PriorMean(agent), envs, seed=seed, record=True)["episodes"][0]

@@ -130,21 +130,31 @@ def probe(agent, cfg, episodes: dict, replans: int) -> dict:
     return out
 
 
+def load_run(path: str, overrides: dict, n: int):
+    """A single-task checkpoint's state, config (``config``), agent, and ``n`` environments
+    with the reset seed of the checkpoint's own evaluation at its step."""
+    try:
+        state = ckpt.load(path)
+    except ckpt.CheckpointError as err:
+        sys.exit(f"error: {err}")
+    cfg = config(state, overrides)
+    if cfg.multitask:
+        sys.exit(f"error: {path} is a multi-task checkpoint; this reads single-task ones.")
+    seed = eval_seed(cfg.seed, state.get("step", 0))
+    envs = task_envs(cfg, cfg.task, n, seed)
+    fill_env_dims(cfg, envs[0])
+    agent = load_agent(cfg, path, state)
+    ckpt.seed_everything(cfg.seed)
+    return state, cfg, agent, envs, seed
+
+
 def main():
     args = parse(sys.argv[1:])
     path = args.pop("checkpoint")
     n, replans = int(args.pop("episodes", "3")), int(args.pop("replans", "8"))
     torch.set_num_threads(int(args.pop("threads", "2")))
-    state = ckpt.load(path)
-    cfg = config(state, args)
-    if cfg.multitask:
-        sys.exit("error: the probe reads single-task checkpoints.")
+    state, cfg, agent, envs, seed = load_run(path, args, n)
     step = state.get("step", 0)
-    seed = eval_seed(cfg.seed, step)
-    envs = task_envs(cfg, cfg.task, n, seed)
-    fill_env_dims(cfg, envs[0])
-    agent = load_agent(cfg, path, state)
-    ckpt.seed_everything(cfg.seed)
     planned = run_episodes(agent, envs, seed=seed, record=True)
     prior = run_episodes(PriorMean(agent), envs, seed=seed)
     figures = probe(agent, cfg, planned["episodes"], replans)
