@@ -111,12 +111,14 @@ def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
 @pytest.mark.slow
 def test_num_envs_trains_resumes_and_writes_the_same_csvs(state_run, tmp_path):
     """num_envs=2 (worker processes): the same CSV columns as one environment, episodes of
-    both environments in replay, one update per environment step after the burst, and a
-    resume that continues the curve."""
+    both environments in replay, one update per environment step after the burst, the same
+    episodes and weights with the environments stepped in turn in this process
+    (async_envs=false), and a resume that continues the curve."""
     _, run1, _ = state_run
     work = str(tmp_path)
-    args = ["task=cartpole-balance", "seed_steps=500", "eval_freq=1000", "num_envs=2",
-            f"work_dir={work}", "exp_name=n2", *TINY]
+    common = ["task=cartpole-balance", "seed_steps=500", "eval_freq=1000", "num_envs=2",
+              f"work_dir={work}", *TINY]
+    args = [*common, "exp_name=n2"]
     cli("train.py", "steps=2000", *args)
     run = os.path.join(work, "cartpole-balance", "1", "n2")
     for name in ("eval.csv", "train.csv"):
@@ -125,6 +127,20 @@ def test_num_envs_trains_resumes_and_writes_the_same_csvs(state_run, tmp_path):
     # two 500-step episodes at once: the burst (500) at step 1,000, then 1 per step
     state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
     assert state["counters"]["episode"] == 4 and state["counters"]["updates"] == 500 + 1000
+    # the same environments stepped in turn in this process (async_envs=false): the same run
+    cli("train.py", "steps=2000", "async_envs=false", *common, "exp_name=n2s")
+    sync = os.path.join(work, "cartpole-balance", "1", "n2s")
+    assert rows(os.path.join(sync, "train.csv"))[-1]["episode_reward"] == \
+        rows(os.path.join(run, "train.csv"))[-1]["episode_reward"]
+    replays = [torch.load(os.path.join(r, "models", "replay.pt"), weights_only=True)
+               for r in (run, sync)]
+    assert replays[1]["num_episodes"] == 4
+    for key in ("obs", "action", "reward"):
+        a, b = (r["tensors"][key].nan_to_num() for r in replays)
+        assert torch.equal(a, b), key
+    weights = [torch.load(os.path.join(r, "models", "final.pt"), weights_only=True)["agent"]
+               ["model"] for r in (run, sync)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     out = cli("train.py", "steps=3000", "resume=true", *args)
     assert "at step 2,000" in out.stdout
     assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 1000, 2000, 3000]
