@@ -50,6 +50,7 @@ class MBDPO:
             mode = compile_mode(self.device)
             self.planner.weighted_mean = Compiled(self.planner.weighted_mean, mode)
             self._model_losses = Compiled(self._model_losses, mode)
+            self._pi_loss = Compiled(self._pi_loss, mode)
 
     def autocast(self, plan: bool = False):
         """The update's autocast context (the planner's with ``plan``)."""
@@ -209,7 +210,8 @@ class MBDPO:
         x_tau, tau, x_bar = self.planner.score_targets(z, e, mask, disc, x0)
         return F.mse_loss(self.model.denoised_mean(z, e, x_tau, tau).float(), x_bar.float())
 
-    def _pi_step(self, zs, e, mask):
+    def _pi_loss(self, zs, e, mask):
+        """The policy prior's loss on detached latents (H+1, B, L); updates the Q scale."""
         m, cfg = self.model, self.cfg
         mask_h = None if mask is None else mask.unsqueeze(0)
         with self.autocast():
@@ -218,11 +220,14 @@ class MBDPO:
         self.scale.update(q[0])
         q = self.scale(q)
         # maximise scaled Q plus the entropy bonus (TD-MPC2's scaled entropy = -scaled_log_prob)
-        loss = ((cfg.entropy_coef * scaled_log_prob.float().squeeze(-1) - q).mean(1)
+        return ((cfg.entropy_coef * scaled_log_prob.float().squeeze(-1) - q).mean(1)
                 * self.rho).mean()
+
+    def _pi_step(self, zs, e, mask):
+        loss = self._pi_loss(zs, e, mask)
         self.pi_optim.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.pi_head.parameters(), cfg.grad_clip_norm)
+        torch.nn.utils.clip_grad_norm_(self.model.pi_head.parameters(), self.cfg.grad_clip_norm)
         self.pi_optim.step()
         return loss.detach()
 
