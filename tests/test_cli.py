@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -183,6 +184,39 @@ def test_sigterm_saves_checkpoint_then_resume(tmp_path):
     state = torch.load(os.path.join(run, "models", "latest.pt"), weights_only=True)
     assert state["step"] == 500  # the unfinished second episode is dropped
     assert [int(r["step"]) for r in rows(os.path.join(run, "train.csv"))] == [500]
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_evaluation_is_answered_at_once(tmp_path):
+    """SIGTERM while the step-0 evaluation runs (shown by its progress bar): the run saves and
+    exits within seconds, not at the evaluation's end; resume evaluates step 0 again."""
+    work = str(tmp_path)
+    args = ["task=cartpole-balance", "seed_steps=500", "eval_freq=500", f"work_dir={work}",
+            "exp_name=se", *TINY]
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(  # 2 x 500 evaluation steps of a 1,024 x 50 planner: minutes
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "steps=500", *args,
+         "diffusion_num_samples=1024", "diffusion_steps=50"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    out = b""
+    while b"Evaluating" not in out:  # the bar's first display ends with no newline
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, out.decode()
+        out += chunk
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    waited = time.time() - t
+    text = (out + rest).decode()
+    assert proc.returncode == 130 and "Stopped: saved" in text, text
+    assert waited < 15, waited
+    run = os.path.join(work, "cartpole-balance", "1", "se")
+    state = torch.load(os.path.join(run, "models", "latest.pt"), weights_only=True)
+    assert state["step"] == 0 and state["last_eval_step"] == -1
+    assert not os.path.exists(os.path.join(run, "eval.csv")) or not rows(
+        os.path.join(run, "eval.csv"))
+    cli("train.py", "steps=500", "resume=true", *args)
+    assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 500]
 
 
 @pytest.mark.slow

@@ -117,3 +117,26 @@ def test_pixel_workers_start_beside_a_pixel_env_in_this_process():
     here.close()
     assert obs.shape[0] == 2 and obs.dtype == np.uint8 and obs.std() > 0
     assert np.abs(obs2.astype(int) - obs.astype(int)).max() > 0
+
+
+def test_a_stop_abandons_the_episodes_at_the_next_step():
+    """run_episodes reads ``stop`` before every step: set during the third action, it returns
+    None without stepping again."""
+    class Stop:
+        value = False
+
+        def __bool__(self):
+            return self.value
+
+    stop, calls = Stop(), []
+
+    class StoppingAgent(ObsAgent):
+        def act(self, obs, t0, task=None, eval_mode=True, stream="eval"):
+            calls.append(1)
+            stop.value = len(calls) == 3
+            return super().act(obs, t0)
+
+    envs = [CountingEnv() for _ in range(2)]
+    assert run_episodes(StoppingAgent(), envs, seed=4, stop=stop) is None  # episodes of 6, 2
+    assert len(calls) == 3 and envs[0].t == 3
+    assert run_episodes(ObsAgent(), envs, seed=4, stop=Stop())["rewards"].tolist() == [6, 2]

@@ -52,13 +52,17 @@ def _frame(venv, i: int):
 
 
 def run_episodes(agent, envs, task: int | None = None, video_env: int | None = None,
-                 seed: int | None = None, record: bool = False) -> dict:
+                 seed: int | None = None, record: bool = False, stop=None,
+                 progress: int | None = None) -> dict | None:
     """One episode in each of ``envs`` (a list of environments, stepped in turn, or a vector
     env such as worker processes from ``vector_env``), acting for all of them with one batched
     call per step (uniform random actions when ``agent`` is None). Returns rewards (E,),
     successes (E,) or None (success at the last step, as the published curves count it),
     frames, and with ``record`` the episodes themselves (obs (L+1, ...), action (L, A),
-    reward (L,))."""
+    reward (L,)). ``stop`` (e.g. a ``StopRequested``) is read before every step: once true,
+    the episodes are abandoned and None is returned. ``progress``: show a bar of that many
+    steps (the episode length) with steps/s and ETA."""
+    from tqdm import tqdm
     venv = vector_env(envs)
     E = venv.num_envs
     obs, _ = venv.reset(seed=None if seed is None else [seed + i for i in range(E)])
@@ -72,7 +76,13 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
     if task is not None and agent is not None:
         task_t = torch.full((E,), task, dtype=torch.long, device=agent.device)
     t = 0
+    bar = tqdm(total=progress, desc="Evaluating", unit="step", leave=False,
+               disable=progress is None, mininterval=2)
     while not done.all():
+        if stop:
+            bar.close()
+            return None
+        bar.update()
         if frames is not None and not done[video_env]:
             frames.append(_frame(venv, video_env))
         if agent is None:
@@ -97,6 +107,7 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
             # steps until the others end are not counted
             venv.reset(options={"reset_mask": ended})
         t += 1
+    bar.close()
     if record:
         episodes = [{k: np.asarray(v, dtype=np.float32) for k, v in ep.items()}
                     for ep in episodes]
@@ -129,18 +140,23 @@ def task_env(cfg, task: str, seed: int):
 
 
 def evaluate_tasks(agent, cfg, tasks: list[str], episodes: int, seed: int,
-                   progress: bool = True) -> list[dict]:
+                   progress: bool = True, stop=None) -> list[dict] | None:
     """Evaluate a (multi-task) agent on each of ``tasks`` (names of cfg.tasks), ``episodes``
-    episodes per task run in lockstep. One row per task with its normalized score."""
+    episodes per task run in lockstep. One row per task with its normalized score; None when
+    ``stop`` turned true during it."""
     from tqdm import tqdm
     rows = []
     bar = tqdm(tasks, desc="Evaluating", unit="task", disable=not progress, leave=False)
     for name in bar:
         bar.set_postfix_str(name)
         envs = task_envs(cfg, name, episodes, seed)
-        result = run_episodes(agent, envs, task=list(cfg.tasks).index(name), seed=seed)
+        result = run_episodes(agent, envs, task=list(cfg.tasks).index(name), seed=seed,
+                              stop=stop)
         for env in envs:
             env.close()
+        if result is None:
+            bar.close()
+            return None
         row = {"task": name, **summarise(result)}
         row["score"] = normalized_score(name, row)
         rows.append(row)
@@ -266,7 +282,8 @@ def evaluate_checkpoint(cfg) -> dict:
         envs = task_envs(cfg, cfg.task, cfg.eval_episodes, seed, workers=cfg.async_envs)
         fill_env_dims(cfg, envs if isinstance(envs, gym.vector.VectorEnv) else envs[0])
         agent = load_agent(cfg, path, state)
-        result = run_episodes(agent, envs, video_env=0 if cfg.save_video else None, seed=seed)
+        result = run_episodes(agent, envs, video_env=0 if cfg.save_video else None, seed=seed,
+                              progress=int(cfg.episode_lengths[0]))
         row = {"step": step, "task": cfg.task, "seed": cfg.seed,
                "episodes": cfg.eval_episodes, **summarise(result)}
         row["score"] = normalized_score(str(cfg.task), row)

@@ -79,7 +79,9 @@ class OfflineTrainer(Trainer):
         while True:
             if self.step % cfg.eval_freq == 0 and self.last_eval_step < self.step \
                     or self.step >= cfg.steps:
-                result = self._evaluate()
+                result = self._evaluate(stop)
+                if result is None:  # stopped during it: resume evaluates again
+                    self.interrupted(self.step)
             if self.step >= cfg.steps:
                 self.save(self.step, names=["final.pt"])
                 print(f"Done: {self.step:,} updates. Final checkpoint in {self.model_dir}")
@@ -101,10 +103,12 @@ class OfflineTrainer(Trainer):
                     and self.step < cfg.steps:
                 self.save(self.step, names=[f"{self.step}.pt"])
 
-    def _evaluate(self) -> dict:
+    def _evaluate(self, stop=None) -> dict | None:
         cfg = self.cfg
         rows = evaluate_tasks(self.agent, cfg, self.eval_tasks, cfg.eval_episodes,
-                              seed=eval_seed(cfg.seed, self.step))
+                              seed=eval_seed(cfg.seed, self.step), stop=stop)
+        if rows is None:
+            return None
         score = print_task_table(rows, self.step)
         self.task_csv.write_all([{"step": self.step, **r} for r in rows])
         row = {"step": self.step, "score": score,

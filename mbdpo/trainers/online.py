@@ -105,10 +105,14 @@ class OnlineTrainer(Trainer):
         self.buffer.load_state_dict(state)
 
     # -- evaluation -------------------------------------------------------------------------
-    def evaluate(self) -> dict:
+    def evaluate(self, stop=None) -> dict | None:
+        """The evaluation at this step (None when ``stop`` turned true during it)."""
         video = 0 if self.cfg.save_video else None
         result = run_episodes(self.agent, self.eval_envs, task=self.task_id, video_env=video,
-                              seed=eval_seed(self.cfg.seed, self.step))
+                              seed=eval_seed(self.cfg.seed, self.step), stop=stop,
+                              progress=self.episode_length)
+        if result is None:
+            return None
         if result["frames"]:
             save_video(result["frames"], os.path.join(self.dir, "videos", f"{self.step}.mp4"))
         return summarise(result)
@@ -140,7 +144,9 @@ class OnlineTrainer(Trainer):
         while True:
             if all(ep is None for ep in eps):  # every environment is at an episode boundary
                 if eval_next or self.step >= cfg.steps:
-                    last_eval = self._eval_and_log(rate_t, rate_step)
+                    last_eval = self._eval_and_log(rate_t, rate_step, stop)
+                    if last_eval is None:  # stopped during it: resume evaluates again
+                        return self._interrupted(eps)
                     eval_next = False
                 if self.step >= cfg.steps:
                     self.save(self.step, names=["final.pt"])
@@ -258,9 +264,12 @@ class OnlineTrainer(Trainer):
         row["elapsed_time"] = self.elapsed()
         self.logger.log("train", row, self.step)
 
-    def _eval_and_log(self, rate_t, rate_step) -> dict:
+    def _eval_and_log(self, rate_t, rate_step, stop=None) -> dict | None:
         t0 = time.time()
-        row = {"step": self.step, "episode": self.episode, **self.evaluate()}
+        result = self.evaluate(stop)
+        if result is None:
+            return None
+        row = {"step": self.step, "episode": self.episode, **result}
         row["elapsed_time"] = self.elapsed()
         self.logger.log("eval", row, self.step)
         self.last_eval_step = self.step
