@@ -33,7 +33,13 @@ def check_overrides(argv: list[str], config_dir: str) -> None:
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
-        key = arg.split("=", 1)[0].split(".")[0]
+        key, value = arg.split("=", 1)
+        key = key.split(".")[0]
+        if not value.isascii() and value[:1] not in "'\"":
+            # Hydra's override grammar reads unquoted values as ASCII only
+            print(f"error: {arg}: a value with non-ASCII characters must be quoted for Hydra: "
+                  f"\"{key}='{value}'\".", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -142,7 +142,7 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
            "utd", cfg.utd, "expected a number > 0 (updates per environment step)")
     for key in ("multitask", "use_score_network", "score_only_inference", "resume",
                 "save_video", "save_replay", "enable_wandb", "compile", "cuda_graphs", "async_envs",
-                "load_checkpoint", "compare_scratch"):
+                "load_checkpoint", "compare_scratch", "overwrite"):
         _bool(cfg, key)
     if cfg.compile and cfg.cuda_graphs:
         raise ConfigError("compile=true and cuda_graphs=true both record CUDA graphs "
@@ -196,7 +196,10 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     cfg.episodic = any(s.episodic for s in specs)
     if cfg.seed_steps is None:
         cfg.seed_steps = max(1000, 5 * max(cfg.episode_lengths))
-    cfg.exp_name = str(cfg.exp_name)
+    cfg.exp_name = name = str(cfg.exp_name)
+    _check(name not in ("", ".", "..") and not set(name) & set("/\\\0")
+           and name.strip() == name and name.isprintable(), "exp_name", name,
+           "expected one folder name (not empty, '.' or '..'; no '/' or '\\')")
     return cfg
 
 

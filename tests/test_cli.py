@@ -220,6 +220,34 @@ def test_sigterm_during_an_evaluation_is_answered_at_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_new_run_never_replaces_an_existing_one(state_run, tmp_path):
+    """The same task, seed and exp_name again without resume=true: refused in one sentence,
+    nothing of the finished run changed; overwrite=true moves it aside whole and starts anew."""
+    import shutil
+    work, run, _ = state_run
+    copy = os.path.join(str(tmp_path), "cartpole-balance", "1", "t")
+    shutil.copytree(run, copy)
+    before = {n: os.path.getmtime(os.path.join(copy, "models", n))
+              for n in os.listdir(os.path.join(copy, "models"))}
+    args = ["task=cartpole-balance", "steps=500", "seed_steps=250", "eval_freq=500",
+            "save_model_every=0", f"work_dir={tmp_path}", "exp_name=t", *TINY]
+    out = cli("train.py", *args, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"error: {copy} already holds a run: pass resume=true to continue it, " \
+        "overwrite=true to move it aside and start anew, or another exp_name." in out.stderr
+    assert {n: os.path.getmtime(os.path.join(copy, "models", n))
+            for n in os.listdir(os.path.join(copy, "models"))} == before
+    out = cli("train.py", *args, "overwrite=true")
+    aside = [d for d in os.listdir(os.path.dirname(copy)) if d.startswith("t.replaced-")]
+    assert len(aside) == 1 and f"is now in {os.path.join(os.path.dirname(copy), aside[0])}" \
+        in out.stdout
+    old = os.path.join(os.path.dirname(copy), aside[0])
+    assert sorted(os.listdir(os.path.join(old, "models"))) == sorted(before)
+    assert [int(r["step"]) for r in rows(os.path.join(old, "eval.csv"))] == [0, 500, 1000]
+    assert [int(r["step"]) for r in rows(os.path.join(copy, "eval.csv"))] == [0, 500]
+
+
+@pytest.mark.slow
 def test_pixel_training_runs(tmp_path):
     out = cli("train.py", "task=cartpole-swingup", "obs=rgb", "steps=500", "seed_steps=250",
               "eval_freq=500", "eval_episodes=1", "save_model_every=0", f"work_dir={tmp_path}",
@@ -264,6 +292,11 @@ def test_wandb_offline(tmp_path):
     (["plan_precision=half"], "Bad value plan_precision='half': expected auto, fp32 or bf16."),
     (["utd=0"], "Bad value utd=0: expected a number > 0 (updates per environment step)."),
     (["num_envs=0"], "Bad value num_envs=0: expected a positive integer."),
+    (["exp_name=../../x"], "Bad value exp_name='../../x': expected one folder name"),
+    (["exp_name="], "Bad value exp_name='': expected one folder name"),
+    (["exp_name=..", "work_dir=/tmp"], "Bad value exp_name='..': expected one folder name"),
+    (["exp_name=é"], "exp_name=é: a value with non-ASCII characters must be quoted for Hydra: "
+                     "\"exp_name='é'\"."),
 ])
 def test_bad_input_gets_one_clear_sentence(args, message):
     out = cli("train.py", *args, check=False, timeout=120)

@@ -120,6 +120,22 @@ class Trainer:
             ckpt.atomic_link(latest, os.path.join(self.model_dir, name))
         return latest
 
+    def claim_dir(self) -> None:
+        """A run folder belongs to one run: a new run (no ``resume=true``) refuses a folder
+        that holds one, unless ``overwrite=true``, which moves the old run aside (renamed
+        ``<folder>.replaced-<time>``), never deleting it."""
+        from mbdpo.config import ConfigError
+        if self.cfg.resume or not any(os.path.exists(os.path.join(self.dir, name))
+                                      for name in ("models", "eval.csv", "train.csv")):
+            return
+        if not self.cfg.get("overwrite"):
+            raise ConfigError(f"{self.dir} already holds a run: pass resume=true to continue "
+                              "it, overwrite=true to move it aside and start anew, or another "
+                              "exp_name.")
+        aside = f"{self.dir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(self.dir, aside)
+        print(f"overwrite=true: the run that was in {self.dir} is now in {aside}.")
+
     def resume(self) -> dict | None:
         """Load latest.pt into the agent and counters; None when there is nothing to resume."""
         path = os.path.join(self.model_dir, "latest.pt")

@@ -61,6 +61,7 @@ class OfflineTrainer(Trainer):
 
     def train(self):
         cfg = self.cfg
+        self.claim_dir()
         resume_step = None
         if cfg.resume and self.resume() is not None:
             resume_step = self.step

@@ -120,6 +120,7 @@ class OnlineTrainer(Trainer):
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> dict:
         cfg = self.cfg
+        self.claim_dir()
         resume_step = None
         if cfg.resume and self.resume() is not None:
             resume_step = self.step
