@@ -53,15 +53,15 @@ def _frame(venv, i: int):
 
 def run_episodes(agent, envs, task: int | None = None, video_env: int | None = None,
                  seed: int | None = None, record: bool = False, stop=None,
-                 progress: int | None = None) -> dict | None:
+                 bar_steps: int | None = None) -> dict | None:
     """One episode in each of ``envs`` (a list of environments, stepped in turn, or a vector
     env such as worker processes from ``vector_env``), acting for all of them with one batched
     call per step (uniform random actions when ``agent`` is None). Returns rewards (E,),
     successes (E,) or None (success at the last step, as the published curves count it),
     frames, and with ``record`` the episodes themselves (obs (L+1, ...), action (L, A),
     reward (L,)). ``stop`` (e.g. a ``StopRequested``) is read before every step: once true,
-    the episodes are abandoned and None is returned. ``progress``: show a bar of that many
-    steps (the episode length) with steps/s and ETA."""
+    the episodes are abandoned and None is returned. ``bar_steps``: show a progress bar of
+    that many steps (the episode length) with steps/s and ETA."""
     from tqdm import tqdm
     venv = vector_env(envs)
     E = venv.num_envs
@@ -76,8 +76,8 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
     if task is not None and agent is not None:
         task_t = torch.full((E,), task, dtype=torch.long, device=agent.device)
     t = 0
-    bar = tqdm(total=progress, desc="Evaluating", unit="step", leave=False,
-               disable=progress is None, mininterval=2)
+    bar = tqdm(total=bar_steps, desc="Evaluating", unit="step", leave=False,
+               disable=bar_steps is None, mininterval=2)
     while not done.all():
         if stop:
             bar.close()
@@ -283,7 +283,7 @@ def evaluate_checkpoint(cfg) -> dict:
         fill_env_dims(cfg, envs if isinstance(envs, gym.vector.VectorEnv) else envs[0])
         agent = load_agent(cfg, path, state)
         result = run_episodes(agent, envs, video_env=0 if cfg.save_video else None, seed=seed,
-                              progress=int(cfg.episode_lengths[0]))
+                              bar_steps=int(cfg.episode_lengths[0]))
         row = {"step": step, "task": cfg.task, "seed": cfg.seed,
                "episodes": cfg.eval_episodes, **summarise(result)}
         row["score"] = normalized_score(str(cfg.task), row)

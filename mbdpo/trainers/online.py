@@ -110,7 +110,7 @@ class OnlineTrainer(Trainer):
         video = 0 if self.cfg.save_video else None
         result = run_episodes(self.agent, self.eval_envs, task=self.task_id, video_env=video,
                               seed=eval_seed(self.cfg.seed, self.step), stop=stop,
-                              progress=self.episode_length)
+                              bar_steps=self.episode_length)
         if result is None:
             return None
         if result["frames"]:
