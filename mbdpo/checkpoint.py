@@ -28,7 +28,13 @@ def atomic_save(obj, path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            out = _Writes(f)
+            try:
+                torch.save(obj, out)
+            except RuntimeError:  # torch reports a failed write (disk full) as its own error
+                if out.error is not None:
+                    raise out.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,6 +42,24 @@ def atomic_save(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+class _Writes:
+    """A file for ``torch.save`` that keeps the OSError of a failed write (ENOSPC, EFBIG,
+    EDQUOT), which torch's writer turns into a RuntimeError without the reason."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def atomic_link(src: str, dst: str) -> None:
@@ -69,6 +93,13 @@ def load(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not an MBDPO checkpoint (it has no agent state or "
                               "config): pass a .pt file from a models/ folder.")
     return state
+
+
+def unit_file(latest: str, name: str) -> str:
+    """The path of the file a checkpoint unit stores as ``name`` (e.g. "replay.pt"): the one
+    ``latest`` names (``replay-<step>-<tag>.pt``), or ``name`` itself in runs from before units."""
+    files = load(latest).get("files", {})
+    return os.path.join(os.path.dirname(latest), files.get(name, name))
 
 
 def check_compatible(cfg, saved_cfg: dict, path: str = "the checkpoint") -> None:

@@ -9,8 +9,10 @@ from mbdpo.config import ConfigError, parse_cfg
 from mbdpo.envs import MissingSuiteError
 from mbdpo.offline import DatasetError
 from mbdpo.tasks import UnknownTaskError
+from mbdpo.trainers.base import RunDiverged
 
-USER_ERRORS = (ConfigError, UnknownTaskError, CheckpointError, MissingSuiteError, DatasetError)
+USER_ERRORS = (ConfigError, UnknownTaskError, CheckpointError, MissingSuiteError, DatasetError,
+               RunDiverged)
 
 
 def run(cfg, job):
@@ -31,10 +33,14 @@ def check_overrides(argv: list[str], config_dir: str) -> None:
     from omegaconf import OmegaConf
     known = set(OmegaConf.load(os.path.join(config_dir, "config.yaml")).keys())
     for arg in argv:
-        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+        if "=" not in arg or arg.startswith(("-", "~", "hydra", "+hydra", "++hydra")):
             continue
         key, value = arg.split("=", 1)
-        key = key.split(".")[0]
+        plus, key = key[:len(key) - len(key.lstrip("+"))], key.lstrip("+").split(".")[0]
+        if plus and key in known:
+            print(f"error: {arg}: {key} is a setting already: write {key}={value} without "
+                  f"'{plus}'.", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         if not value.isascii() and value[:1] not in "'\"":
             # Hydra's override grammar reads unquoted values as ASCII only
             print(f"error: {arg}: a value with non-ASCII characters must be quoted for Hydra: "

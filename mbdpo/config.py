@@ -168,6 +168,12 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
            f"expected fewer than diffusion_num_samples ({cfg.diffusion_num_samples})")
     _check(cfg.latent_dim % cfg.simnorm_dim == 0, "latent_dim", cfg.latent_dim,
            f"expected a multiple of simnorm_dim ({cfg.simnorm_dim})")
+    _check(0 < cfg.lr <= 1, "lr", cfg.lr, "expected a number in (0, 1] (Adam's step size; "
+           "published 3e-4)")
+    _check(cfg.num_bins >= 2, "num_bins", cfg.num_bins,
+           "expected at least 2 (values are regressed on bins: two-hot)")
+    _check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0,
+           "seed", cfg.seed, "expected an integer >= 0")
     _check(cfg.num_q >= 2, "num_q", cfg.num_q, "expected at least 2 (two members are drawn)")
     _check(cfg.vmin < cfg.vmax, "vmin", cfg.vmin, f"expected less than vmax ({cfg.vmax})")
     _check(cfg.wandb_mode in ("online", "offline", "disabled"), "wandb_mode", cfg.wandb_mode,
@@ -194,6 +200,9 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     cfg.episode_lengths = [s.episode_length for s in specs]
     cfg.discounts = [discount(s.episode_length, cfg) for s in specs]
     cfg.episodic = any(s.episodic for s in specs)
+    _check(cfg.horizon < min(cfg.episode_lengths), "horizon", cfg.horizon,
+           f"expected fewer steps than an episode of {cfg.task} ({min(cfg.episode_lengths)}): "
+           "training samples horizon + 1 steps of one episode")
     if cfg.seed_steps is None:
         cfg.seed_steps = max(1000, 5 * max(cfg.episode_lengths))
     cfg.exp_name = name = str(cfg.exp_name)

@@ -31,7 +31,9 @@ class TwoHot:
         """(...,) scalars -> (..., num_bins) two-hot targets."""
         x = symlog(x).clamp(self.vmin, self.vmax)
         pos = (x - self.vmin) / self.bin_size
-        lo = pos.floor().clamp(max=self.num_bins - 2)
+        # a NaN (a diverged run) keeps a valid index, and its NaN weight reaches the loss,
+        # where the trainer's finite-value check names it
+        lo = pos.nan_to_num(0.0).floor().clamp(0, self.num_bins - 2)
         frac = (pos - lo).unsqueeze(-1)
         lo = lo.long().unsqueeze(-1)
         out = torch.zeros(*x.shape, self.num_bins, device=x.device, dtype=x.dtype)

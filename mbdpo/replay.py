@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 
 
+KEYS = ("obs", "action", "reward", "terminated", "task", "episode", "steps_left")
+
+
 def subtrajectory_index(starts: torch.Tensor, horizon: int, capacity: int) -> torch.Tensor:
     """(B,) start entries -> (B, H+1) entry indices (modulo the ring capacity)."""
     return (starts.unsqueeze(1) + torch.arange(horizon + 1)) % capacity
@@ -37,6 +40,7 @@ class EpisodeReplay:
         self.steps_left = torch.full((self.capacity,), -1, dtype=torch.int32)
         self.ptr, self.size, self.num_episodes = 0, 0, 0
         self.generator = torch.Generator().manual_seed(seed)
+        self._mark, self._undo = None, []
 
     def add_episode(self, obs, action, reward, terminated=None, task: int = 0) -> None:
         """obs (L+1, ...); action (L+1, A) and reward (L+1,) with NaN at entry 0."""
@@ -45,6 +49,10 @@ class EpisodeReplay:
             raise ValueError(f"An episode of {n} entries does not fit a replay of capacity "
                              f"{self.capacity}: raise buffer_size.")
         idx = (self.ptr + torch.arange(n)) % self.capacity
+        if self._mark is not None:  # keep what the marked replay holds before overwriting it
+            held = idx[idx < self._mark["size"]]
+            if len(held):
+                self._undo.append((held, {k: getattr(self, k)[held].clone() for k in KEYS}))
         self.obs[idx] = torch.as_tensor(obs, dtype=self.obs.dtype)
         self.action[idx] = torch.as_tensor(action, dtype=torch.float32)
         self.reward[idx] = torch.as_tensor(reward, dtype=torch.float32)
@@ -88,12 +96,25 @@ class EpisodeReplay:
                 "task": self.task[idx[:, 0]]}
 
     # -- persistence (resume) ------------------------------------------------------------
-    def state_dict(self) -> dict:
-        n = self.size
-        keys = ("obs", "action", "reward", "terminated", "task", "episode", "steps_left")
-        return {"tensors": {k: getattr(self, k)[:n].clone() for k in keys},
-                "ptr": self.ptr, "size": self.size, "num_episodes": self.num_episodes,
-                "capacity": self.capacity, "generator": self.generator.get_state()}
+    def mark(self) -> None:
+        """Remember the replay as it is now: ``state_dict(at_mark=True)`` returns it, however
+        many episodes are added later (the entries they overwrite are kept aside until the
+        next mark)."""
+        self._mark = {"ptr": self.ptr, "size": self.size, "num_episodes": self.num_episodes,
+                      "generator": self.generator.get_state()}
+        self._undo = []
+
+    def state_dict(self, at_mark: bool = False) -> dict:
+        now = {"ptr": self.ptr, "size": self.size, "num_episodes": self.num_episodes,
+               "generator": self.generator.get_state()}
+        meta = self._mark if at_mark and self._mark is not None else now
+        n = meta["size"]
+        tensors = {k: getattr(self, k)[:n].clone() for k in KEYS}  # a view would save it all
+        if meta is self._mark:
+            for held, old in reversed(self._undo):
+                for k in KEYS:
+                    tensors[k][held] = old[k]
+        return {"tensors": tensors, **meta, "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:
         wrapped = state["size"] == state["capacity"] and state["ptr"] != 0

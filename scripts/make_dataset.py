@@ -9,7 +9,7 @@ from mbdpo.tasks import TASK_SETS
 
 
 def job(cfg):
-    from mbdpo.datasets import make_dataset
+    from mbdpo.trainers.collect import make_dataset
     return make_dataset(cfg)
 
 

@@ -1,4 +1,7 @@
+import csv
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -32,3 +35,34 @@ def small_cfg():
     return make_cfg("task=cartpole-balance", "model_size=1", "diffusion_num_samples=64",
                     "diffusion_steps=5", "batch_size=32", "diffusion_num_elites=8",
                     "diffusion_num_pi_trajs=8")
+
+
+# a network and planner small enough for end-to-end runs in seconds
+TINY = ["model_size=1", "diffusion_num_samples=32", "diffusion_num_elites=8",
+        "diffusion_num_pi_trajs=4", "diffusion_steps=4", "batch_size=32", "mlp_dim=64",
+        "enc_dim=64", "latent_dim=32", "eval_episodes=2", "log_freq=250", "threads=1"]
+
+
+def cli(script, *args, timeout=900, check=True, env=None):
+    """Run scripts/<script> with ``args`` in a fresh process; fail with its output unless it
+    exits 0 (with ``check``)."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", MUJOCO_GL="egl",
+               PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def mt30_data(tmp_path_factory):
+    """An mt30 dataset in the published format: one random episode per task."""
+    out = str(tmp_path_factory.mktemp("mt30"))
+    cli("make_dataset.py", "task=mt30", "episodes_per_task=1", f"out={out}", "threads=1")
+    return out

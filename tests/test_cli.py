@@ -1,7 +1,6 @@
 """The command line, end to end, on real DMControl tasks: training writes CSVs and checkpoints,
 resume continues without duplicated rows, a signal saves before exiting, evaluate.py loads the
 checkpoint, and user mistakes get one clear sentence."""
-import csv
 import json
 import os
 import signal
@@ -12,27 +11,10 @@ import time
 import pytest
 import torch
 
+from mbdpo.checkpoint import unit_file
 from mbdpo.trainers.base import code_version
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY, cli, rows
 
-TINY = ["model_size=1", "diffusion_num_samples=32", "diffusion_num_elites=8",
-        "diffusion_num_pi_trajs=4", "diffusion_steps=4", "batch_size=32", "mlp_dim=64",
-        "enc_dim=64", "latent_dim=32", "eval_episodes=2", "log_freq=250", "threads=1"]
-
-
-def cli(script, *args, timeout=900, check=True):
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", MUJOCO_GL="egl",
-               PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +35,10 @@ def test_train_writes_csvs_and_checkpoints(state_run):
         assert 0 <= float(r["episode_reward"]) <= 1000
     assert "episode_success" not in ev[0]  # DMControl reports no success
     models = os.listdir(os.path.join(run, "models"))
-    assert {"final.pt", "500.pt", "latest.pt", "replay.pt"} <= set(models)
+    assert {"final.pt", "500.pt", "latest.pt"} <= set(models)
+    # one unit: latest.pt names its replay file, the only one left
+    replay = os.path.basename(unit_file(os.path.join(run, "models", "latest.pt"), "replay.pt"))
+    assert replay.startswith("replay-1000-") and [m for m in models if "replay" in m] == [replay]
     state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
     assert state["step"] == 1000 and state["config"]["model_size"] == 1
     assert {"model", "optim", "pi_optim", "scale", "warm"} <= set(state["agent"])
@@ -88,6 +73,19 @@ def test_evaluate_names_the_mismatching_setting(state_run):
 
 
 @pytest.mark.slow
+def test_evaluate_plans_as_the_run_did(state_run):
+    """No planner settings given: the run's own (32 samples x 4 steps), named in one line, not
+    the default 512 x 20 (an evaluation of seconds would take many minutes)."""
+    _, run, _ = state_run
+    ck = os.path.join(run, "models", "final.pt")
+    out = cli("evaluate.py", "task=cartpole-balance", f"checkpoint={ck}", "eval_episodes=1",
+              "threads=1")
+    assert "Planner of the checkpoint's run: diffusion_steps=4, diffusion_num_samples=32, " \
+           "diffusion_num_elites=8, diffusion_num_pi_trajs=4 (override on the command line)." \
+           in out.stdout, out.stdout
+
+
+@pytest.mark.slow
 def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
     import shutil
     work, run, _ = state_run
@@ -103,7 +101,8 @@ def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
     assert [int(r["step"]) for r in rows(os.path.join(run2, "train.csv"))] == [500, 1000, 1500]
     state = torch.load(os.path.join(run2, "models", "final.pt"), weights_only=True)
     assert state["step"] == 1500 and state["counters"]["episode"] == 3
-    replay = torch.load(os.path.join(run2, "models", "replay.pt"), weights_only=True)
+    replay = torch.load(unit_file(os.path.join(run2, "models", "latest.pt"), "replay.pt"),
+                        weights_only=True)
     assert replay["num_episodes"] == 3 and replay["size"] == 3 * 501
     with open(os.path.join(run2, "metadata.json")) as f:  # the same code: one entry
         assert json.load(f)["commits"] == [code_version()]
@@ -133,7 +132,8 @@ def test_num_envs_trains_resumes_and_writes_the_same_csvs(state_run, tmp_path):
     sync = os.path.join(work, "cartpole-balance", "1", "n2s")
     assert rows(os.path.join(sync, "train.csv"))[-1]["episode_reward"] == \
         rows(os.path.join(run, "train.csv"))[-1]["episode_reward"]
-    replays = [torch.load(os.path.join(r, "models", "replay.pt"), weights_only=True)
+    replays = [torch.load(unit_file(os.path.join(r, "models", "latest.pt"), "replay.pt"),
+                          weights_only=True)
                for r in (run, sync)]
     assert replays[1]["num_episodes"] == 4
     for key in ("obs", "action", "reward"):
@@ -147,7 +147,8 @@ def test_num_envs_trains_resumes_and_writes_the_same_csvs(state_run, tmp_path):
     assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 1000, 2000, 3000]
     state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
     assert state["counters"]["episode"] == 6 and state["counters"]["updates"] == 2500
-    replay = torch.load(os.path.join(run, "models", "replay.pt"), weights_only=True)
+    replay = torch.load(unit_file(os.path.join(run, "models", "latest.pt"), "replay.pt"),
+                        weights_only=True)
     assert replay["num_episodes"] == 6 and replay["size"] == 6 * 501
     rewards = [float(r["episode_reward"]) for r in rows(os.path.join(run, "train.csv"))]
     assert len(rewards) == 6 and len(set(rewards)) == 6  # distinct start states
@@ -321,13 +322,6 @@ def test_contrastive_eta_alias():
     # device=auto: CUDA where there is one, else the CPU
     assert make_cfg("task=cartpole-balance").device == ("cuda" if torch.cuda.is_available()
                                                         else "cpu")
-
-
-@pytest.fixture(scope="module")
-def mt30_data(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("mt30"))
-    cli("make_dataset.py", "task=mt30", "episodes_per_task=1", f"out={out}", "threads=1")
-    return out
 
 
 @pytest.mark.slow

@@ -272,7 +272,7 @@ def test_interrupted_conversion_resumes_to_the_same_store(tmp_path, monkeypatch)
         if len(writes) == (3 + 4) * 6 + 8:
             raise KeyboardInterrupt
         return real_write(self, *args)
-    monkeypatch.setattr(offline, "_convert_chunk", counting)
+    monkeypatch.setattr(offline.convert, "_convert_chunk", counting)
     monkeypatch.setattr(offline._RowWriter, "write", crashing)
     store = str(tmp_path / "store")
     with pytest.raises(KeyboardInterrupt):
@@ -316,12 +316,18 @@ def test_missing_store_and_missing_data_are_clear_errors(tmp_path):
         prepare_store(str(tmp_path / "nowhere"), progress=False)
 
 
-def test_nan_after_entry_0_is_a_corrupt_chunk(tmp_path):
+@pytest.mark.parametrize("key, entry, value", [("reward", 4, float("nan")),
+                                               ("obs", 0, 1e30), ("action", 3, -float("inf"))])
+def test_nan_or_absurd_values_are_a_corrupt_chunk(tmp_path, key, entry, value):
+    """NaN, inf or 1e30 anywhere but the placeholders of entry 0 is refused at conversion,
+    naming the key and episode (it would otherwise reach the networks as NaN losses)."""
     data = make_dataset(tmp_path / "d", shapes=((3, 6),))
     c = {k: v.clone() for k, v in read_chunk(os.path.join(data, "chunk_0.pt")).items()}
-    c["reward"][2, 4] = float("nan")
+    c[key][2, entry] = value
     torch.save(c, os.path.join(data, "chunk_0.pt"))
-    with pytest.raises(DatasetError, match="reward holds NaN or inf after entry 0 in episode 2"):
+    where = "" if key == "obs" else "after entry 0 "
+    with pytest.raises(DatasetError, match=f"{key} holds NaN, inf or values beyond \\+-1e\\+06 "
+                                           f"{where}in episode 2"):
         prepare_store(data, progress=False)
 
 

@@ -2,8 +2,10 @@
 a signal flag for Ctrl-C / SIGTERM, and the console progress line."""
 from __future__ import annotations
 
+import copy
 import json
 import os
+import secrets
 import signal
 import time
 
@@ -11,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mbdpo import checkpoint as ckpt
+from mbdpo import faults
 from mbdpo.config import run_dir
 
 
@@ -77,9 +80,46 @@ class StopRequested:
         return self.signum is not None
 
 
+class RunDiverged(RuntimeError):
+    """A loss or a weight became NaN or infinite: the run stops, its last checkpoint kept."""
+
+
+def clone_tree(obj):
+    """A copy of nested dicts / lists / tuples whose tensors are copied to the CPU (a state
+    dict holds references to the live weights and optimiser moments; on a GPU the copy would
+    double the model's memory there)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(clone_tree(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 class Trainer:
     """Subclasses set ``self.agent`` and define ``counters()`` (the loop's step counters, saved
-    in every checkpoint) and may add files to ``extra_state()`` (e.g. the replay)."""
+    in every checkpoint) and may add files to ``extra_state()`` (e.g. the replay).
+
+    A checkpoint is one unit: the extra files are written first under names of their own
+    (``replay-<step>-<tag>.pt``), then ``latest.pt``, which names them, atomically; the files
+    of the previous checkpoint are removed only after that. A kill at any point leaves the
+    previous unit or the new one whole, never a mix; leftovers are removed at the next start.
+    """
 
     def __init__(self, cfg):
         if cfg.threads:
@@ -92,52 +132,182 @@ class Trainer:
         self.last_eval_step = -1
         self.elapsed_before = 0.0
         self.t_start = time.time()
+        self._mark = None
+        self.saved_step = None  # the step of the last checkpoint written or resumed from
 
     def counters(self) -> dict:
         return {}
 
-    def extra_state(self) -> dict:
-        """{file name in models/: state} written before latest.pt at every save."""
+    def extra_state(self, marked: bool = False) -> dict:
+        """{file name in models/: state} saved with every checkpoint; with ``marked``, as it
+        was at the last ``mark()``."""
         return {}
+
+    def mark_extra(self) -> None:
+        """Remember the extra state of this moment (see ``mark``)."""
 
     def load_extra_state(self, name: str, state) -> None:
         pass
 
+    def restore(self, state: dict) -> None:
+        """Subclasses restore what they added to ``checkpoint_state``."""
+
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.t_start
 
-    def save(self, step: int, names=()) -> str:
-        """Write the extra state and latest.pt (what resume reads) and link latest.pt under
-        ``names`` (e.g. final.pt, <step>.pt). Every file is written atomically."""
-        for name, state in self.extra_state().items():
-            ckpt.atomic_save(state, os.path.join(self.model_dir, name))
-        state = {"agent": self.agent.state_dict(), "config": OmegaConf.to_container(self.cfg),
-                 "step": step, "last_eval_step": self.last_eval_step, "rng": ckpt.rng_state(),
-                 "elapsed": self.elapsed(), "counters": self.counters()}
-        latest = os.path.join(self.model_dir, "latest.pt")
-        ckpt.atomic_save(state, latest)
-        for name in names:
-            ckpt.atomic_link(latest, os.path.join(self.model_dir, name))
+    def checkpoint_state(self, step: int) -> dict:
+        return {"agent": self.agent.state_dict(), "config": OmegaConf.to_container(self.cfg),
+                "step": step, "last_eval_step": self.last_eval_step, "rng": ckpt.rng_state(),
+                "elapsed": self.elapsed(), "counters": self.counters()}
+
+    def mark(self) -> None:
+        """Remember the whole state of this moment in memory: a point where nothing is half
+        done (no unfinished episode, no evaluation under way). A stop writes it, so that resume
+        continues exactly the run it interrupted, not one that redoes an episode with weights
+        already updated by it."""
+        self._mark = clone_tree(self.checkpoint_state(self.step))
+        self.mark_extra()
+
+    def check_finite(self, losses: dict, step: int) -> None:
+        """Stop the run (``RunDiverged``) when a loss of the last update or a weight is NaN or
+        infinite; two host syncs, so the loops call it at log intervals and episode
+        boundaries (before every save), not at every update."""
+        dev = self.agent.device
+        finite = torch.stack([torch.isfinite(torch.as_tensor(v, device=dev)).all()
+                              for v in losses.values()]).tolist() if losses else []
+        bad = [k for k, ok in zip(losses, finite) if not ok]
+        params = [p.detach().reshape(-1) for p in self.agent.model.parameters()]
+        if not bad and not torch.isfinite(torch.cat(params).float().abs().sum()):
+            losses, bad = {"the weights": float("nan")}, ["the weights"]
+        if bad:
+            kept = (f"its last checkpoint (step {self.saved_step:,}) is kept in "
+                    f"{self.model_dir}" if self.saved_step is not None
+                    else "no checkpoint had been saved yet")
+            names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise RunDiverged(
+                f"The run diverged at step {step:,}: {names} became NaN or infinite. It stopped "
+                f"without saving; {kept}. Lower lr (now {self.cfg.lr}) or check the task's "
+                "observations and rewards.")
+
+    def save(self, step: int, names=(), marked: bool = False) -> str:
+        """Write the checkpoint of this moment (with ``marked``: the one remembered by the
+        last ``mark()``) as one unit, and link latest.pt under ``names`` (e.g. final.pt,
+        <step>.pt)."""
+        state = dict(self._mark) if marked else self.checkpoint_state(step)
+        extras = self.extra_state(marked)
+        self.check_space(tensor_bytes(state) + tensor_bytes(extras), state["step"])
+        files, written = {}, False
+        try:
+            for name, extra in extras.items():
+                stem = name.rsplit(".", 1)[0]
+                files[name] = f"{stem}-{state['step']}-{secrets.token_hex(3)}.pt"
+                ckpt.atomic_save(extra, os.path.join(self.model_dir, files[name]))
+            faults.reach("save.extra-written")
+            state["files"] = files
+            latest = os.path.join(self.model_dir, "latest.pt")
+            ckpt.atomic_save(state, latest)
+            written, self.saved_step = True, state["step"]
+            faults.reach("save.latest-written")
+            for name in names:
+                ckpt.atomic_link(latest, os.path.join(self.model_dir, name))
+        except OSError as err:
+            for f in files.values() if not written else ():  # the previous unit is untouched
+                if os.path.exists(os.path.join(self.model_dir, f)):
+                    os.remove(os.path.join(self.model_dir, f))
+            raise ckpt.CheckpointError(
+                f"Could not write the checkpoint of step {state['step']:,} to {self.model_dir} "
+                f"({err.strerror or err}): {self._kept()}; free space or fix the folder's "
+                "permissions, then continue with resume=true.") from None
+        self.saved_step = state["step"]
+        self.remove_leftovers()
         return latest
+
+    def _kept(self) -> str:
+        return (f"the checkpoint of step {self.saved_step:,} is intact"
+                if self.saved_step is not None else "no earlier checkpoint of this run exists")
+
+    def _latest_files(self) -> set | None:
+        """The extra files latest.pt names (None: no latest.pt, or one from before units)."""
+        path = os.path.join(self.model_dir, "latest.pt")
+        if not os.path.exists(path):
+            return None
+        try:
+            files = ckpt.load(path).get("files")
+        except ckpt.CheckpointError:  # unreadable: delete nothing, resume will say why
+            return set(os.listdir(self.model_dir))
+        return None if files is None else set(files.values())
+
+    def remove_leftovers(self) -> None:
+        """Remove what a killed save leaves in models/: temporary files, and extra files of a
+        unit whose latest.pt was never written or has been replaced."""
+        if not os.path.isdir(self.model_dir):
+            return
+        keep = self._latest_files()
+        stems = tuple(name.rsplit(".", 1)[0] + "-" for name in self.extra_names)
+        for f in os.listdir(self.model_dir):
+            unit_file = f.startswith(stems) or f in self.extra_names  # (replay.pt: old runs)
+            if f.startswith(".tmp-") or f.endswith(".tmp-link") or (
+                    unit_file and keep is not None and f not in keep) or (
+                    f.startswith(stems) and keep is None):
+                os.remove(os.path.join(self.model_dir, f))
+
+    extra_names: tuple = ()  # the names of extra_state() (e.g. "replay.pt")
+
+    def check_space(self, need: int, step: int) -> None:
+        """Refuse to save (one sentence) when the disk cannot hold the new unit next to the
+        previous one; the previous checkpoint stays whole."""
+        import shutil
+        os.makedirs(self.model_dir, exist_ok=True)
+        free = shutil.disk_usage(self.model_dir).free
+        if free < need + 64e6:
+            raise ckpt.CheckpointError(
+                f"Not enough free space to save the checkpoint of step {step:,}: it needs "
+                f"~{gb(need)} and {self.model_dir} has {gb(free)} free; {self._kept()}. Free "
+                "space (or move the run folder) and continue with resume=true.")
+
+    def expected_checkpoint_bytes(self) -> int:
+        """Bytes of one checkpoint at the end of the run (subclasses add their replay)."""
+        return tensor_bytes(self.agent.state_dict())
 
     def claim_dir(self) -> None:
         """A run folder belongs to one run: a new run (no ``resume=true``) refuses a folder
         that holds one, unless ``overwrite=true``, which moves the old run aside (renamed
-        ``<folder>.replaced-<time>``), never deleting it."""
+        ``<folder>.replaced-<time>``), never deleting it. The folder must be writable and
+        the disk hold two checkpoints of the run's end (one replaces the other); leftovers
+        of a killed save are removed."""
+        import shutil
         from mbdpo.config import ConfigError
-        if self.cfg.resume or not any(os.path.exists(os.path.join(self.dir, name))
-                                      for name in ("models", "eval.csv", "train.csv")):
-            return
-        if not self.cfg.get("overwrite"):
-            raise ConfigError(f"{self.dir} already holds a run: pass resume=true to continue "
-                              "it, overwrite=true to move it aside and start anew, or another "
-                              "exp_name.")
-        aside = f"{self.dir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.rename(self.dir, aside)
-        print(f"overwrite=true: the run that was in {self.dir} is now in {aside}.")
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            probe = os.path.join(self.dir, f".write-test-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as err:
+            raise ConfigError(f"Cannot write the run folder {self.dir} ({err.strerror or err}): "
+                              "pass a work_dir (or save_path) that is a folder you can write "
+                              "to.") from None
+        if not self.cfg.resume and any(os.path.exists(os.path.join(self.dir, name))
+                                       for name in ("models", "eval.csv", "train.csv")):
+            if not self.cfg.get("overwrite"):
+                raise ConfigError(f"{self.dir} already holds a run: pass resume=true to "
+                                  "continue it, overwrite=true to move it aside and start "
+                                  "anew, or another exp_name.")
+            aside = f"{self.dir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.rename(self.dir, aside)
+            os.makedirs(self.dir)
+            print(f"overwrite=true: the run that was in {self.dir} is now in {aside}.")
+        self.remove_leftovers()
+        need, free = 2 * self.expected_checkpoint_bytes(), shutil.disk_usage(self.dir).free
+        if free < need:
+            raise ConfigError(
+                f"{self.dir} has {gb(free)} free but this run's checkpoints will need "
+                f"~{gb(need)} (its replay and networks at the end, twice while one replaces "
+                "the other): free space, lower steps or buffer_size, or pick another work_dir.")
 
     def resume(self) -> dict | None:
-        """Load latest.pt into the agent and counters; None when there is nothing to resume."""
+        """Load latest.pt and the files it names into the agent and counters; None when there
+        is nothing to resume."""
         path = os.path.join(self.model_dir, "latest.pt")
         if not os.path.exists(path):
             print(f"resume=true but {path} does not exist: starting a new run.")
@@ -145,16 +315,32 @@ class Trainer:
         state = ckpt.load(path)
         ckpt.check_compatible(self.cfg, state["config"], path)
         self.agent.load_state_dict(state["agent"])
-        for name in self.extra_state():
-            self.load_extra_state(name, torch.load(os.path.join(self.model_dir, name),
-                                                   weights_only=True))
+        files = state.get("files", {name: name for name in self.extra_state()})  # before units
+        for name, fname in files.items():
+            extra = os.path.join(self.model_dir, fname)
+            if not os.path.exists(extra):
+                raise ckpt.CheckpointError(
+                    f"{path} names {fname}, which is missing from {self.model_dir}: the run "
+                    "folder is incomplete; restore the file, or start anew with overwrite=true.")
+            self.load_extra_state(name, torch.load(extra, weights_only=True))
         self.step, self.last_eval_step = state["step"], state["last_eval_step"]
         self.elapsed_before = state["elapsed"]
         for k, v in state["counters"].items():
             setattr(self, k, v)
         ckpt.set_rng_state(state["rng"])
+        self.restore(state)
+        self.saved_step = self.step
         print(f"Resumed from {path} at step {self.step:,}.")
         return state
+
+    def finished(self) -> bool:
+        """A resumed run that already reached ``steps`` and evaluated there: nothing to do."""
+        if self.step >= self.cfg.steps and self.last_eval_step >= self.step:
+            print(f"The run in {self.dir} already finished at step {self.step:,} (its last "
+                  "evaluation is in eval.csv): nothing to do; pass a larger steps= to train "
+                  "on.", flush=True)
+            return True
+        return False
 
     def run_loop(self, what: str):
         """Print the start-up line (with the real parameter count), run ``self._loop`` with
@@ -168,8 +354,10 @@ class Trainer:
         self.logger.finish()
         return result
 
-    def interrupted(self, step: int) -> None:
-        path = self.save(step)
-        print(f"\nStopped: saved {path} at step {step:,}; continue with resume=true.",
-              flush=True)
+    def interrupted(self, marked: bool = True) -> None:
+        """Save on a stop and exit: the state remembered by the last ``mark()`` (a stop in the
+        middle of an episode or an evaluation), or with ``marked=False`` that of now."""
+        path = self.save(self.step, marked=marked)
+        print(f"\nStopped: saved {path} at step {self.saved_step:,}; continue with "
+              "resume=true.", flush=True)
         raise SystemExit(130)

@@ -3,10 +3,13 @@ batched planner call per step."""
 from __future__ import annotations
 
 import functools
+import signal
 
 import gymnasium as gym
 import numpy as np
 import torch
+
+from mbdpo import faults
 
 
 def eval_seed(seed: int, step: int) -> int:
@@ -27,7 +30,8 @@ def vector_env(envs, workers: bool = False, context: str | None = None) -> gym.v
         return envs
     mode = gym.vector.AutoresetMode.DISABLED
     if workers:
-        return gym.vector.AsyncVectorEnv(list(envs), autoreset_mode=mode, context=context)
+        return gym.vector.AsyncVectorEnv([functools.partial(_in_worker, fn) for fn in envs],
+                                         autoreset_mode=mode, context=context)
     return gym.vector.SyncVectorEnv([functools.partial(_itself, e) for e in envs],
                                     autoreset_mode=mode)
 
@@ -43,6 +47,35 @@ def worker_context(cfg) -> str | None:
 
 def _itself(env):
     return env
+
+
+def _in_worker(make_env):
+    """Runs in the worker process. A terminal's Ctrl-C reaches the whole process group: the
+    workers ignore it and the run answers it (saves, closes them). SIGTERM keeps its default
+    (gymnasium ends workers with it); sent to the whole group (``timeout``, a scheduler) it
+    ends them, and ``step_or_stop`` turns the broken pipe into the stop it is."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return make_env()
+
+
+def step_or_stop(venv, actions, stop):
+    """``venv.step(actions)``, or None when the stop flag is set and the step failed: workers
+    ended by the same signal as this process leave a broken pipe, not an error to report."""
+    try:
+        return venv.step(actions)
+    except Exception:
+        if stop:
+            return None
+        raise
+
+
+def close_envs(*venvs) -> None:
+    """Close vector envs, ending worker processes that can no longer take a close command."""
+    for venv in venvs:
+        try:
+            venv.close()
+        except Exception:
+            venv.close(terminate=True)
 
 
 def _frame(venv, i: int):
@@ -90,7 +123,12 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
         else:
             actions = agent.act(torch.as_tensor(obs), torch.full((E,), t == 0),
                                 task_t, eval_mode=True, stream="eval").cpu().numpy()
-        obs, r, terminated, truncated, info = venv.step(actions)
+        out = step_or_stop(venv, actions, stop)
+        if out is None:
+            bar.close()
+            return None
+        obs, r, terminated, truncated, info = out
+        faults.reach("eval-step")
         for i in np.flatnonzero(~done):
             rewards[i] += r[i]
             if "success" in info and info["_success"][i]:
@@ -231,6 +269,13 @@ def checkpoint_tasks(cfg, saved: dict, path: str) -> list[str]:
     return [task]
 
 
+# The planner's settings: evaluate.py plans as the evaluated run did unless given.
+PLANNER_KEYS = ("plan_horizon", "diffusion_steps", "diffusion_num_samples",
+                "diffusion_num_elites", "diffusion_num_pi_trajs", "diffusion_temperature",
+                "diffusion_beta0", "diffusion_betaT", "diffusion_action_noise", "plan_precision",
+                "score_only_inference")
+
+
 def evaluate_checkpoint(cfg) -> dict:
     """scripts/evaluate.py: load ``cfg.checkpoint`` (its network settings and, for a multi-task
     checkpoint, its task set are taken from it unless given on the command line), run
@@ -252,9 +297,24 @@ def evaluate_checkpoint(cfg) -> dict:
     path = str(cfg.checkpoint)
     saved = state["config"]
     given = command_line_keys()
+    if "model_size" in given and saved.get("model_size") not in (None, cfg.model_size):
+        raise ConfigError(f"{path} holds a model_size={saved['model_size']} network but "
+                          f"model_size={cfg.model_size} was given: drop model_size= (evaluate.py "
+                          "takes the networks' settings from the checkpoint).")
     ckpt.adopt_model_config(cfg, saved, keep=given)
-    if "plan_horizon" not in given:  # plan as the run being evaluated did
-        cfg.plan_horizon = saved.get("plan_horizon")
+    adopted = [k for k in PLANNER_KEYS if k not in given and k in saved and saved[k] != cfg[k]]
+    for key in PLANNER_KEYS:  # plan as the run being evaluated did, unless told otherwise
+        if key not in given and key in saved:
+            cfg[key] = saved[key]
+    if cfg.diffusion_num_elites > cfg.diffusion_num_samples or \
+            cfg.diffusion_num_pi_trajs >= cfg.diffusion_num_samples:
+        raise ConfigError(
+            f"diffusion_num_samples={cfg.diffusion_num_samples} is too few for the checkpoint "
+            f"run's diffusion_num_elites={cfg.diffusion_num_elites} and diffusion_num_pi_trajs="
+            f"{cfg.diffusion_num_pi_trajs}: give those too, or more samples.")
+    if adopted:
+        print("Planner of the checkpoint's run: " + ", ".join(
+            f"{k}={cfg[k]}" for k in adopted) + " (override on the command line).")
     ckpt.seed_everything(cfg.seed)
     folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]

@@ -3,9 +3,11 @@ updates on sub-trajectories sampled from the memory-mapped store, periodic evalu
 task of the set with a per-task table and the normalized score, checkpoints, resume."""
 from __future__ import annotations
 
+import copy
 import os
 import time
 
+from mbdpo import faults
 from mbdpo.agent import MBDPO
 from mbdpo.config import ConfigError
 from mbdpo.envs import make_env
@@ -50,11 +52,25 @@ class OfflineTrainer(Trainer):
         store_dir = prepare_store(str(cfg.data_dir), num_tasks=len(cfg.tasks))
         self.store = OfflineStore(store_dir, seed=cfg.seed)
         fill_multitask_dims(cfg, self.store.obs_dim, self.store.action_dim)
+        counts = self.store.meta.get("episodes_per_task") or []
+        absent = [t for i, t in enumerate(cfg.tasks) if i >= len(counts) or not counts[i]]
+        if absent:
+            shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5
+                                             else "")
+            print(f"warning: the dataset in {cfg.data_dir} holds no episode of {len(absent)} of "
+                  f"the {len(cfg.tasks)} tasks of {cfg.task} ({shown}): the model learns "
+                  "nothing of them; check data_dir, or set eval_tasks to the tasks it holds.",
+                  flush=True)
         self.eval_tasks = eval_task_list(cfg)
         self.agent = MBDPO(cfg)
 
-    def extra_state(self) -> dict:
-        return {"sampler.pt": self.store.state_dict()}
+    extra_names = ("sampler.pt",)
+
+    def extra_state(self, marked: bool = False) -> dict:
+        return {"sampler.pt": self._sampler_mark if marked else self.store.state_dict()}
+
+    def mark_extra(self) -> None:
+        self._sampler_mark = copy.deepcopy(self.store.state_dict())
 
     def load_extra_state(self, name, state) -> None:
         self.store.load_state_dict(state)
@@ -65,6 +81,8 @@ class OfflineTrainer(Trainer):
         resume_step = None
         if cfg.resume and self.resume() is not None:
             resume_step = self.step
+            if self.finished():
+                return None
         self.logger = Logger(cfg, self.dir, resume_step,
                              None if resume_step is None else self.last_eval_step)
         self.task_csv = CSVLog(os.path.join(self.dir, "eval_tasks.csv"),
@@ -80,18 +98,23 @@ class OfflineTrainer(Trainer):
         while True:
             if self.step % cfg.eval_freq == 0 and self.last_eval_step < self.step \
                     or self.step >= cfg.steps:
+                self.check_finite(losses, self.step)
+                self.mark()
                 result = self._evaluate(stop)
                 if result is None:  # stopped during it: resume evaluates again
-                    self.interrupted(self.step)
+                    self.interrupted(marked=True)
             if self.step >= cfg.steps:
                 self.save(self.step, names=["final.pt"])
                 print(f"Done: {self.step:,} updates. Final checkpoint in {self.model_dir}")
                 return result
             if stop:
-                self.interrupted(self.step)
+                self.check_finite(losses, self.step)
+                self.interrupted(marked=False)
             losses = self.agent.update(self.store.sample(cfg.batch_size, cfg.horizon))
             self.step += 1
+            faults.reach("update")
             if self.step % cfg.log_freq == 0:
+                self.check_finite(losses, self.step)
                 sps = (self.step - rate_step) / max(time.time() - rate_t, 1e-9)
                 row = {"step": self.step, **{k: float(v) for k, v in losses.items()},
                        "elapsed_time": self.elapsed()}
@@ -102,6 +125,7 @@ class OfflineTrainer(Trainer):
                       flush=True)
             if cfg.save_model_every and self.step % cfg.save_model_every == 0 \
                     and self.step < cfg.steps:
+                self.check_finite(losses, self.step)
                 self.save(self.step, names=[f"{self.step}.pt"])
 
     def _evaluate(self, stop=None) -> dict | None:

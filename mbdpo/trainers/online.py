@@ -10,13 +10,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from mbdpo import faults
 from mbdpo.agent import MBDPO
 from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
+from mbdpo.offline import SANE
 from mbdpo.replay import EpisodeReplay
 from mbdpo.trainers.base import Trainer, write_metadata
-from mbdpo.trainers.evaluate import (eval_seed, run_episodes, summarise, vector_env,
-                                     worker_context)
+from mbdpo.trainers.evaluate import (close_envs, eval_seed, run_episodes, step_or_stop,
+                                     summarise, vector_env, worker_context)
 
 
 def fill_env_dims(cfg, env) -> None:
@@ -98,11 +100,33 @@ class OnlineTrainer(Trainer):
         return {"episode": self.episode, "updates": self.updates, "pretrained": self.pretrained,
                 "update_credit": self.update_credit}
 
-    def extra_state(self) -> dict:
-        return {"replay.pt": self.buffer.state_dict()}
+    extra_names = ("replay.pt",)
+
+    def extra_state(self, marked: bool = False) -> dict:
+        return {"replay.pt": self.buffer.state_dict(at_mark=marked)}
+
+    def mark_extra(self) -> None:
+        self.buffer.mark()
 
     def load_extra_state(self, name, state) -> None:
         self.buffer.load_state_dict(state)
+
+    def checkpoint_state(self, step: int) -> dict:
+        # the random seeding actions' generator (gymnasium's, in the action space)
+        return {**super().checkpoint_state(step),
+                "action_rng": self.env.action_space.np_random.bit_generator.state}
+
+    def restore(self, state: dict) -> None:
+        if "action_rng" in state:
+            self.env.action_space.np_random.bit_generator.state = state["action_rng"]
+
+    def expected_checkpoint_bytes(self) -> int:
+        b = self.buffer
+        per_entry = sum(t[:1].numel() * t.element_size() for t in (
+            b.obs, b.action, b.reward, b.terminated, b.task, b.episode, b.steps_left))
+        entries = min(b.capacity, self.cfg.steps * (self.episode_length + 1) //
+                      self.episode_length)
+        return super().expected_checkpoint_bytes() + per_entry * entries
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, stop=None) -> dict | None:
@@ -118,13 +142,26 @@ class OnlineTrainer(Trainer):
         return summarise(result)
 
     # -- the loop ---------------------------------------------------------------------------
-    def train(self) -> dict:
+    def train(self) -> dict | None:
+        """Run (or resume) the training; the environments' worker processes are closed however
+        it ends (else they print broken-pipe tracebacks after the run's own message)."""
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        close_envs(self.eval_envs, self.envs)
+
+    def _train(self) -> dict | None:
         cfg = self.cfg
         self.claim_dir()
         resume_step = None
         if cfg.resume and self.resume() is not None:
             resume_step = self.step
             print(f"{self.buffer.num_episodes} episodes in replay.")
+            if self.finished():
+                return None
         self.logger = Logger(cfg, self.dir, resume_step,
                              None if resume_step is None else self.last_eval_step)
         write_metadata(cfg, self.dir)
@@ -144,11 +181,16 @@ class OnlineTrainer(Trainer):
         obs, self._started = None, self.episode  # episodes started (their reset seeds)
         while True:
             if all(ep is None for ep in eps):  # every environment is at an episode boundary
+                if stop:
+                    return self.interrupted()
+                self.check_finite(losses, self.step)
+                self.mark()  # what a stop from here to the next boundary saves
                 if eval_next or self.step >= cfg.steps:
                     last_eval = self._eval_and_log(rate_t, rate_step, stop)
                     if last_eval is None:  # stopped during it: resume evaluates again
-                        return self._interrupted(eps)
+                        return self.interrupted()
                     eval_next = False
+                    self.mark()
                 if self.step >= cfg.steps:
                     self.save(self.step, names=["final.pt"])
                     if cfg.save_replay:
@@ -161,14 +203,19 @@ class OnlineTrainer(Trainer):
                     self._save_at_boundary = False
                     self.save(self.step, names=[f"{self.step}.pt"])
                 obs = self._start_episodes(eps, np.ones(N, dtype=bool), np.ones(N, dtype=bool))
-            if stop:
-                return self._interrupted(eps)
+            if stop:  # the episodes under way are dropped: resume starts them again
+                return self.interrupted()
             t0 = torch.tensor([ep is not None and not ep["action"] for ep in eps])
             if self.step >= self.random_steps:
                 actions = self.agent.act(torch.as_tensor(obs), t0, self._task_rows(N)).cpu().numpy()
             else:
                 actions = np.stack([self.env.action_space.sample() for _ in range(N)])
-            obs, reward, terminated, truncated, info = self.envs.step(actions)
+            out = step_or_stop(self.envs, actions, stop)
+            if out is None:
+                return self.interrupted()
+            obs, reward, terminated, truncated, info = out
+            faults.reach("env-step")
+            self._check_data(obs, reward)
             ended = np.zeros(N, dtype=bool)
             waiting = np.array([ep is None for ep in eps])
             before = self.step
@@ -189,6 +236,7 @@ class OnlineTrainer(Trainer):
             if self.step // cfg.eval_freq > before // cfg.eval_freq:
                 eval_next = True
             if self.step // cfg.log_freq > before // cfg.log_freq:
+                self.check_finite(losses, self.step)
                 now = time.time()
                 sps = (self.step - rate_step) / max(now - rate_t, 1e-9)
                 vals = {k: float(v) for k, v in losses.items() if k in (
@@ -205,6 +253,26 @@ class OnlineTrainer(Trainer):
                 due = eval_next or self.step >= cfg.steps or self._save_at_boundary
                 new_obs = self._start_episodes(eps, restart, ended & (not due))
                 obs = np.where(restart.reshape(-1, *[1] * (obs.ndim - 1)), new_obs, obs)
+
+    _reported = False
+
+    def _check_data(self, obs, reward) -> None:
+        """Report, once per run, an observation or reward that is NaN, infinite or beyond
+        +-1e6 as it enters (the networks would turn it into NaN losses, which stop the run)."""
+        if self._reported:
+            return
+        for name, x in (("reward", reward), ("observation", obs)):
+            if x.dtype == np.uint8:
+                continue
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.abs(x) <= SANE)
+            if bad.any():
+                self._reported = True
+                print(f"warning: {self.cfg.task} gave a{'n' if name[0] == 'o' else ''} {name} "
+                      f"of {x[bad].flat[0]:g} at step {self.step:,} (NaN, infinite or beyond "
+                      f"+-{SANE:g}): check the environment; the run stops if a loss becomes "
+                      "NaN or infinite.", flush=True)
+                return
 
     def _task_rows(self, n):
         return None if self.task_t is None else self.task_t.expand(n)
@@ -242,7 +310,8 @@ class OnlineTrainer(Trainer):
         for _ in range(n):
             losses = self.agent.update(self.buffer.sample(self.cfg.batch_size, self.cfg.horizon))
             self.updates += 1
-            if stop:
+            faults.reach("update")
+            if stop:  # the run saves the state of the last boundary, before these updates
                 break
         self.pretrained = True
         return losses
@@ -285,6 +354,3 @@ class OnlineTrainer(Trainer):
             self.save(self.step)  # latest.pt for resume after a crash
         return row
 
-    def _interrupted(self, eps) -> dict:
-        # unfinished episodes are dropped, and their steps uncounted; resume redoes them
-        self.interrupted(self.step - sum(len(ep["action"]) for ep in eps if ep is not None))

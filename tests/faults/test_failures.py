@@ -1,0 +1,178 @@
+"""What goes wrong around a run is answered by one sentence and loses nothing: a diverged run
+stops naming the loss with its last checkpoint kept, a disk that refuses a checkpoint stops the
+run with the previous one intact, a run folder that cannot be written or a disk too small is
+refused before training, Ctrl-C / SIGTERM sent to the whole process group (a terminal, timeout,
+a scheduler) during an evaluation in worker processes saves and exits."""
+import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mbdpo.checkpoint import unit_file
+from tests.conftest import ROOT, TINY, cli, make_cfg, rows
+
+NET = [a for a in TINY if not a.startswith(("eval_episodes", "log_freq"))]
+RUN = ["task=mw-reach", "seed_steps=200", "eval_freq=200", "save_model_every=100",
+       "eval_episodes=1", "log_freq=100", *NET]
+
+
+def digests(folder):
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(root, f), folder)] = \
+                    hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def trainer(tmp_path, *overrides):
+    from mbdpo.config import parse_cfg
+    from mbdpo.trainers.online import OnlineTrainer
+    cfg = parse_cfg(make_cfg(*RUN, *overrides, f"work_dir={tmp_path}", parse=False))
+    return OnlineTrainer(cfg)
+
+
+@pytest.mark.slow
+def test_a_diverged_run_stops_naming_the_loss_and_keeps_its_last_checkpoint(tmp_path):
+    """A weight turned NaN inside the burst (update 150, step 200): the run stops at the next
+    check, before the evaluation and checkpoint of step 200, saying which losses; the step-100
+    checkpoint stays as it was and holds finite weights only."""
+    from mbdpo.trainers.base import RunDiverged
+    threads = torch.get_num_threads()
+    t = trainer(tmp_path, "steps=600")
+    update = t.agent.update
+
+    def poisoned(batch):
+        if t.updates == 150:
+            with torch.no_grad():
+                next(t.agent.model.dynamics.parameters()).fill_(float("nan"))
+        return update(batch)
+    t.agent.update = poisoned
+    try:
+        with pytest.raises(RunDiverged) as err:
+            t.train()
+    finally:
+        torch.set_num_threads(threads)
+    msg = str(err.value)
+    assert msg.startswith("The run diverged at step 200: consistency_loss") and \
+        "became NaN or infinite" in msg and "last checkpoint (step 100) is kept" in msg, msg
+    latest = os.path.join(t.model_dir, "latest.pt")
+    state = torch.load(latest, weights_only=True)
+    assert state["step"] == 100 and sorted(os.listdir(t.model_dir)) == [
+        "100.pt", "latest.pt", os.path.basename(unit_file(latest, "replay.pt"))]
+    assert all(torch.isfinite(v).all() for v in state["agent"]["model"].values())
+    assert [int(r["step"]) for r in rows(os.path.join(t.dir, "eval.csv"))] == [0]
+
+
+def test_a_disk_too_small_for_the_run_is_refused_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from mbdpo.config import ConfigError
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
+    t = trainer(tmp_path, "steps=100000")
+    with pytest.raises(ConfigError, match=r"has 1.0 MB free but this run's checkpoints will "
+                                          r"need ~\d+\.\d+ (MB|GB)"):
+        t.train()
+    assert not os.path.exists(t.model_dir)
+
+
+@pytest.mark.slow
+def test_a_refused_checkpoint_write_stops_the_run_with_the_previous_one_intact(tmp_path):
+    """A run resumed at step 300 on a disk that refuses files over 600 kB (RLIMIT_FSIZE, as a
+    full disk or quota would refuse them): the checkpoint of step 400 cannot be written; one
+    sentence, exit 2, the step-300 checkpoint and the CSVs byte for byte as they were (but the
+    rows the stopped run appended past step 300, which resume drops); resume then finishes."""
+    work = str(tmp_path)
+    args = [*RUN, f"work_dir={work}", "exp_name=d"]
+    cli("train.py", "steps=300", *args)
+    models = os.path.join(work, "mw-reach", "1", "d", "models")
+    before = digests(models)
+    assert max(os.path.getsize(os.path.join(models, f)) for f in before) > 600_000
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
+    env = dict(os.environ, WANDB_MODE="offline", MUJOCO_GL="egl")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+                           "steps=600", "resume=true", *args], preexec_fn=limit, env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error: Could not write the checkpoint of step 400 to" in proc.stderr
+    assert "the checkpoint of step 300 is intact" in proc.stderr
+    assert digests(models) == before
+    out = cli("train.py", "steps=600", "resume=true", *args)
+    assert "at step 300" in out.stdout
+    assert [int(r["step"]) for r in rows(os.path.join(models, "..", "eval.csv"))] == \
+        [0, 200, 300, 400, 600]  # 300: the first run's final evaluation
+
+
+@pytest.mark.parametrize("work_dir, reason", [("a-file", "Not a directory"),
+                                             ("/proc/mbdpo", "No such file or directory")])
+def test_a_run_folder_that_cannot_be_written_is_refused(tmp_path, work_dir, reason):
+    if work_dir == "a-file":
+        work_dir = str(tmp_path / "a-file")
+        open(work_dir, "w").close()
+    out = cli("train.py", *RUN, "steps=300", f"work_dir={work_dir}", check=False, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip() == (
+        f"error: Cannot write the run folder {work_dir}/mw-reach/1/default ({reason}): pass a "
+        "work_dir (or save_path) that is a folder you can write to.")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_sent_to_the_process_group_during_an_evaluation_saves(tmp_path, sig):
+    """A terminal's Ctrl-C, or ``timeout`` / a scheduler's SIGTERM, reaches the run and its
+    evaluation workers alike: the run saves and exits 130, no broken pipe reported (workers
+    ignore SIGINT; SIGTERM ends them, and the run takes their broken pipe as the stop)."""
+    env = dict(os.environ, WANDB_MODE="offline", MUJOCO_GL="egl", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "task=cartpole-balance",
+         "steps=500", "eval_episodes=2", "diffusion_num_samples=1024", "diffusion_steps=50",
+         f"work_dir={tmp_path}", *[a for a in NET if not a.startswith("diffusion_")]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        start_new_session=True)
+    out = b""
+    while b"Evaluating" not in out:
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, out.decode()
+        out += chunk
+    os.killpg(proc.pid, sig)
+    rest, _ = proc.communicate(timeout=120)
+    text = (out + rest).decode()
+    assert proc.returncode == 130 and "Stopped: saved" in text, text
+    assert "Traceback" not in text and "BrokenPipe" not in text, text
+
+
+@pytest.mark.slow
+def test_an_absurd_observation_is_reported_as_it_enters(tmp_path, capsys):
+    """An environment that returns 1e30 once (step 149): one warning naming it and the step
+    as it enters; then its NaN losses stop the run at the next check (the burst, step 200)."""
+    from mbdpo.trainers.base import RunDiverged
+    threads = torch.get_num_threads()
+    t = trainer(tmp_path, "steps=200", "eval_freq=1000")
+    step = t.envs.step
+
+    def broken(actions):
+        out = list(step(actions))
+        if t.step == 149:
+            out[0] = out[0].copy()
+            out[0][0, 3] = 1e30
+        return tuple(out)
+    t.envs.step = broken
+    try:
+        with pytest.raises(RunDiverged, match="The run diverged at step 200"):
+            t.train()
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1
+    assert "warning: mw-reach gave an observation of 1e+30 at step 149 (NaN, infinite or " \
+           "beyond +-1e+06): check the environment" in out, out

@@ -1,0 +1,151 @@
+"""Runs killed and stopped at random moments and at chosen points, then resumed until done, are
+the run that was never interrupted: the same rows in train.csv and eval.csv (all but the wall
+time), the same counters, the same replay and the same weights (CPU, one thread: the runs are
+deterministic). Chosen points (``mbdpo.faults``): SIGKILL between a checkpoint's replay file and
+its latest.pt, right after latest.pt, and inside the pretraining burst; SIGTERM inside an
+episode, inside the burst and inside an evaluation."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mbdpo.checkpoint import unit_file
+from tests.conftest import ROOT, TINY, cli, rows
+
+NET = [a for a in TINY if not a.startswith(("eval_episodes", "log_freq"))]
+# 6 episodes of 100 steps; burst of 200 updates at step 200; a checkpoint every 100 steps
+ONLINE = ["task=mw-reach", "steps=600", "seed_steps=200", "eval_freq=200",
+          "save_model_every=100", "eval_episodes=1", "log_freq=100", *NET]
+
+
+def offline_args(data):
+    return ["task=mt30", "multitask=true", f"data_dir={data}", "steps=240", "eval_freq=120",
+            "save_model_every=40", "eval_episodes=1", "eval_tasks=[reacher-easy]",
+            "log_freq=20", *NET]
+
+
+def interrupt(args, fault=None, after=None, sig=signal.SIGKILL) -> int:
+    """Start (or resume) the run; kill it at the fault point, or send ``sig`` ``after``
+    seconds. Returns its exit status (0 when it finished first)."""
+    env = dict(os.environ, WANDB_MODE="offline", MUJOCO_GL="egl", PYTHONUNBUFFERED="1")
+    if fault:
+        env["MBDPO_FAULT"] = fault
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args,
+                             "resume=true"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    if after is not None:
+        try:
+            proc.wait(timeout=after)
+        except subprocess.TimeoutExpired:
+            t = time.time()
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+            if sig == signal.SIGTERM:  # answered within seconds: saving (130), or before the
+                # run's handler is installed (still importing), ended by the signal itself
+                assert time.time() - t < 20, time.time() - t
+                assert proc.returncode in (0, 130, -signal.SIGTERM), proc.stderr.read()
+    else:
+        proc.wait(timeout=600)
+    err = proc.stderr.read()
+    assert "Traceback" not in err, err
+    return proc.returncode
+
+
+def same_run(a: str, b: str, extra: str) -> None:
+    for name in ("train.csv", "eval.csv"):
+        ra, rb = rows(os.path.join(a, name)), rows(os.path.join(b, name))
+        drop = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_time"} for r in rs]  # noqa
+        assert drop(ra) == drop(rb), name
+    sa, sb = (torch.load(os.path.join(r, "models", "final.pt"), weights_only=True) for r in (a, b))
+    for key in ("step", "last_eval_step", "counters"):
+        assert sa[key] == sb[key], key
+    for part in ("model", "optim", "pi_optim", "scale"):
+        ta, tb = sa["agent"][part], sb["agent"][part]
+        flat = lambda t: torch.cat([v.reshape(-1).float() for v in _tensors(t)])  # noqa
+        assert torch.equal(flat(ta), flat(tb)), part
+    ea, eb = (torch.load(unit_file(os.path.join(r, "models", "latest.pt"), extra),
+                         weights_only=True) for r in (a, b))
+    assert _equal(ea, eb), extra
+    leftovers = [f for f in os.listdir(os.path.join(b, "models")) if f.startswith(".tmp")]
+    assert not leftovers
+
+
+def _tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for k in sorted(tree, key=str):
+            yield from _tensors(tree[k])
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _tensors(v)
+
+
+def _equal(x, y) -> bool:
+    if isinstance(x, torch.Tensor):
+        return torch.equal(x.nan_to_num(), y.nan_to_num())
+    if isinstance(x, dict):
+        return x.keys() == y.keys() and all(_equal(x[k], y[k]) for k in x)
+    return x == y
+
+
+def at_points(args, faults) -> None:
+    """Interrupt the run at each fault point in turn (each must be reached), then let it
+    finish."""
+    for fault in faults:
+        code = interrupt(args, fault=fault)
+        assert code in (-signal.SIGKILL, 130), (fault, code)
+    assert interrupt(args) == 0
+
+
+def at_random(args, rng, times, span) -> int:
+    """Interrupt the run ``times`` times after a random delay (SIGKILL; every fourth a
+    SIGTERM), then let it finish. Returns the interruptions that found it running."""
+    n = 0
+    for i in range(times):
+        sig = signal.SIGTERM if i % 4 == 3 else signal.SIGKILL
+        n += interrupt(args, after=rng.uniform(*span), sig=sig) != 0
+    assert interrupt(args) == 0
+    return n
+
+
+@pytest.mark.slow
+def test_an_online_run_killed_anywhere_resumes_to_the_same_run(tmp_path):
+    work = str(tmp_path)
+    run = lambda name: os.path.join(work, "mw-reach", "1", name)  # noqa: E731
+    cli("train.py", *ONLINE, f"work_dir={work}", "exp_name=ref")
+    # in order, from the start: SIGKILL inside the burst (at step 200); SIGTERM inside the
+    # burst; SIGTERM inside an episode (step 350); SIGKILL between the replay file and
+    # latest.pt (step 500), and after latest.pt before its links (step 500); SIGTERM inside
+    # the final evaluation
+    at_points([*ONLINE, f"work_dir={work}", "exp_name=points"],
+              ["update:150", "update:120:TERM", "env-step:250:TERM", "save.extra-written:2",
+               "save.latest-written:1", "eval-step:50:TERM"])
+    same_run(run("ref"), run("points"), "replay.pt")
+    n = at_random([*ONLINE, f"work_dir={work}", "exp_name=random"], random.Random(0), 24,
+                  (2, 9))
+    assert n >= 20, n
+    same_run(run("ref"), run("random"), "replay.pt")
+
+
+@pytest.mark.slow
+def test_an_offline_run_killed_anywhere_resumes_to_the_same_run(mt30_data, tmp_path):
+    work = str(tmp_path)
+    run = lambda name: os.path.join(work, "mt30", "1", name)  # noqa: E731
+    args = offline_args(mt30_data)
+    cli("train.py", *args, f"work_dir={work}", "exp_name=ref")
+    # SIGKILL between the sampler file and latest.pt (step 80), after latest.pt (step 120);
+    # SIGTERM between two updates; SIGTERM inside the final evaluation
+    at_points([*args, f"work_dir={work}", "exp_name=points"],
+              ["save.extra-written:2", "save.latest-written:1", "update:70:TERM",
+               "eval-step:200:TERM"])
+    same_run(run("ref"), run("points"), "sampler.pt")
+    n = at_random([*args, f"work_dir={work}", "exp_name=random"], random.Random(1), 24,
+                  (2, 9))
+    assert n >= 20, n
+    same_run(run("ref"), run("random"), "sampler.pt")
