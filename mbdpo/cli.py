@@ -16,12 +16,21 @@ USER_ERRORS = (ConfigError, UnknownTaskError, CheckpointError, MissingSuiteError
 
 
 def run(cfg, job):
-    """parse_cfg(cfg), then job(cfg); a user's mistake exits with status 2 and one line."""
+    """parse_cfg(cfg), then job(cfg); a user's mistake exits with status 2 and one line.
+    Ctrl-C or SIGTERM before a training loop takes them over (while environments start or a
+    dataset is converted), or a second one, exits with status 130 and one line."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
     try:
         return job(parse_cfg(cfg))
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+    except KeyboardInterrupt:
+        print("\nStopped at once: nothing more was saved; resume=true continues from the last "
+              "checkpoint, if any (a dataset conversion from the chunks it finished).",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130)
 
 
 def check_overrides(argv: list[str], config_dir: str) -> None:

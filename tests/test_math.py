@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from mbdpo.math import RunningMeanStd, RunningScale, TwoHot, squashed_gaussian, symexp, symlog
@@ -21,6 +22,16 @@ def test_two_hot_round_trip():
     # logits whose softmax is the two-hot vector decode back to the value
     dec = th.decode(torch.log(enc + 1e-30))
     assert torch.allclose(dec, x, rtol=1e-4, atol=1e-4), (dec, x)
+
+
+def test_two_hot_of_nan_is_nan_not_an_index_error():
+    """A diverged value (NaN) must reach the loss as NaN, where the trainer's check names it,
+    not crash the encoding with an out-of-range index."""
+    th = TwoHot(101, -10, 10)
+    enc = th.encode(torch.tensor([float("nan"), 1.0, float("inf")]))
+    assert enc.shape == (3, 101) and torch.isnan(enc[0]).any() and not torch.isnan(enc[1]).any()
+    assert float(enc[1].sum()) == pytest.approx(1.0)
+    assert torch.isnan(th.soft_ce(torch.zeros(1, 101), torch.tensor([float("nan")]))).all()
 
 
 def test_two_hot_clamps_outside_range():

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+from mbdpo import faults
 from mbdpo.offline.chunks import (DATA_FILES, EPISODE_FILES, FORMAT, FORMAT_VERSION, META,
                                   PROGRESS, REQUIRED_KEYS, DatasetError, _mapped_ranges,
                                   _release, _signature, check_chunk, list_chunks, read_chunk)
@@ -146,6 +147,7 @@ def _convert_chunk(path: str, info: dict, plan: dict, store_dir: str, num_ep_tas
                 _nonfinite(path, "obs", obs, e0, False)
                 _nonfinite(path, "action", act, e0, True)
                 _nonfinite(path, "reward", rew, e0, True)
+            faults.reach("convert-slice")
             writer.write("obs", r, obs.reshape(n, -1))
             writer.write("action", r, act.reshape(n, A))
             writer.write("reward", r, rew.reshape(n))

@@ -336,6 +336,9 @@ class Trainer:
     def finished(self) -> bool:
         """A resumed run that already reached ``steps`` and evaluated there: nothing to do."""
         if self.step >= self.cfg.steps and self.last_eval_step >= self.step:
+            final = os.path.join(self.model_dir, "final.pt")
+            if not os.path.exists(final):  # killed between latest.pt and its final.pt link
+                ckpt.atomic_link(os.path.join(self.model_dir, "latest.pt"), final)
             print(f"The run in {self.dir} already finished at step {self.step:,} (its last "
                   "evaluation is in eval.csv): nothing to do; pass a larger steps= to train "
                   "on.", flush=True)

@@ -55,6 +55,7 @@ def _in_worker(make_env):
     (gymnasium ends workers with it); sent to the whole group (``timeout``, a scheduler) it
     ends them, and ``step_or_stop`` turns the broken pipe into the stop it is."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the run's (a KeyboardInterrupt)
     return make_env()
 
 

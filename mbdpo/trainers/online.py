@@ -251,6 +251,9 @@ class OnlineTrainer(Trainer):
             restart = ended | (waiting & (terminated | truncated))
             if restart.any():
                 due = eval_next or self.step >= cfg.steps or self._save_at_boundary
+                if not due and not stop and all(ep is None for ep in eps):
+                    self.check_finite(losses, self.step)  # a boundary the loop runs through
+                    self.mark()
                 new_obs = self._start_episodes(eps, restart, ended & (not due))
                 obs = np.where(restart.reshape(-1, *[1] * (obs.ndim - 1)), new_obs, obs)
 

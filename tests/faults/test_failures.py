@@ -176,3 +176,45 @@ def test_an_absurd_observation_is_reported_as_it_enters(tmp_path, capsys):
     assert out.count("warning:") == 1
     assert "warning: mw-reach gave an observation of 1e+30 at step 149 (NaN, infinite or " \
            "beyond +-1e+06): check the environment" in out, out
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    args = [*RUN, "steps=200", f"work_dir={tmp_path}", "exp_name=f"]
+    cli("train.py", *args)
+    run = os.path.join(str(tmp_path), "mw-reach", "1", "f")
+    before = {k: v for k, v in digests(run).items() if k != "metadata.json"}
+    out = cli("train.py", *args, "resume=true")
+    assert f"The run in {run} already finished at step 200" in out.stdout
+    assert {k: v for k, v in digests(run).items() if k != "metadata.json"} == before
+
+
+@pytest.mark.slow
+def test_a_stop_during_dataset_conversion_keeps_what_was_converted(mt30_data, tmp_path):
+    """SIGTERM inside the conversion (before any training loop): exit 130, one line, no
+    traceback; the same command then finishes the store."""
+    import shutil
+    data = str(tmp_path / "mt30")
+    shutil.copytree(mt30_data, data, ignore=shutil.ignore_patterns("store"))
+    out = cli("prepare_dataset.py", f"data_dir={data}", check=False,
+              env={"MBDPO_FAULT": "convert-slice:1:TERM"})
+    assert out.returncode == 130 and "Traceback" not in out.stderr, out.stderr
+    assert "Stopped: the chunks converted so far are kept" in out.stderr
+    out = cli("prepare_dataset.py", f"data_dir={data}")
+    assert "Store ready in" in out.stdout and "30 tasks" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_dataset_missing_most_tasks_of_its_set_is_named(mt30_data, tmp_path):
+    """A store that holds 3 of mt30's 30 tasks: pretraining says so, naming them."""
+    from mbdpo.offline import read_chunk, write_chunk
+    data = str(tmp_path / "mt30")
+    os.makedirs(data)
+    c = read_chunk(os.path.join(mt30_data, "chunk_0.pt"))
+    keep = torch.isin(c["task"][:, 0], torch.tensor([0, 1, 2]))
+    write_chunk(os.path.join(data, "chunk_0.pt"), *(c[k][keep].numpy() for k in (
+        "obs", "action", "reward", "task")))
+    out = cli("train.py", "task=mt30", "multitask=true", f"data_dir={data}", "steps=1",
+              "eval_freq=1000", "eval_tasks=[reacher-easy]", f"work_dir={tmp_path}", *NET)
+    assert "warning: the dataset in " + data + " holds no episode of 27 of the 30 tasks of " \
+           "mt30 (" in out.stdout, out.stdout
