@@ -68,10 +68,20 @@ def run_dir(args, seed) -> str:
                                          task=args["task"], seed=seed, exp_name=args["exp_name"]))
 
 
+def run_threads(folder: str):
+    """The torch threads the run used, from its checkpoint's config (the command line of a
+    collect_only call does not know them); None: all cores, or no checkpoint."""
+    import torch
+    path = os.path.join(folder, "models", "latest.pt")
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, weights_only=True, map_location="cpu")["config"].get("threads")
+
+
 def collect(args, seeds) -> str:
     """Write <task>.csv (step,reward,seed) from the runs' eval.csv, and <task>.json beside it:
     the settings, and per seed the steps reached, the wall time (evaluations included), the
-    steps per second and the code versions (commits) that made the run."""
+    steps per second, the torch threads and the code versions (commits) that made the run."""
     out_dir = os.path.join(ROOT, "benchmarks", "results", "learning")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{args['task']}.csv")
@@ -92,7 +102,8 @@ def collect(args, seeds) -> str:
             with open(meta) as f:
                 commits = json.load(f).get("commits", [])
         runs[seed] = {"steps": steps, "wall_s": round(wall), "steps_per_s":
-                      round(steps / max(wall, 1e-9), 3), "commits": commits}
+                      round(steps / max(wall, 1e-9), 3), "commits": commits,
+                      "threads": run_threads(run_dir(args, seed))}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "reward", "seed"])
