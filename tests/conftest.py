@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import os
 import subprocess
 import sys
@@ -53,6 +54,17 @@ def cli(script, *args, timeout=900, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def digests(folder) -> dict:
+    """{path relative to ``folder``: sha256} of every file under it."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(root, f), folder)] = \
+                    hashlib.sha256(fh.read()).hexdigest()
+    return out
 
 
 def rows(path):

@@ -3,7 +3,6 @@ runs here, through the real scripts, against a work_dir that holds a finished ru
 exit non-zero with one ``error:`` line, no traceback, and leave every saved file as it was.
 The page is generated from these runs; when it is out of date the test rewrites it (check
 the diff in) and fails."""
-import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, cli
+from tests.conftest import ROOT, TINY, cli, digests
 
 NET = [a for a in TINY if not a.startswith(("eval_episodes", "log_freq"))]
 DOC = os.path.join(ROOT, "docs", "errors.md")
@@ -86,15 +85,6 @@ CASES = [
     ("prepare a dataset folder that does not exist", "prepare_dataset.py",
      ["data_dir=/nonexistent/mt30"]),
 ]
-
-
-def digests(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                out[os.path.join(root, f)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def render(results) -> str:

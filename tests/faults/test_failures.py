@@ -3,7 +3,6 @@ stops naming the loss with its last checkpoint kept, a disk that refuses a check
 run with the previous one intact, a run folder that cannot be written or a disk too small is
 refused before training, Ctrl-C / SIGTERM sent to the whole process group (a terminal, timeout,
 a scheduler) during an evaluation in worker processes saves and exits."""
-import hashlib
 import os
 import resource
 import signal
@@ -14,21 +13,11 @@ import pytest
 import torch
 
 from mbdpo.checkpoint import unit_file
-from tests.conftest import ROOT, TINY, cli, make_cfg, rows
+from tests.conftest import ROOT, TINY, cli, digests, make_cfg, rows
 
 NET = [a for a in TINY if not a.startswith(("eval_episodes", "log_freq"))]
 RUN = ["task=mw-reach", "seed_steps=200", "eval_freq=200", "save_model_every=100",
        "eval_episodes=1", "log_freq=100", *NET]
-
-
-def digests(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                out[os.path.relpath(os.path.join(root, f), folder)] = \
-                    hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def trainer(tmp_path, *overrides):
