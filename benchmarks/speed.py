@@ -34,6 +34,7 @@ from mbdpo.agent import MBDPO  # noqa: E402
 from mbdpo.config import num_params  # noqa: E402
 from mbdpo.envs import make_env  # noqa: E402
 from mbdpo.replay import EpisodeReplay  # noqa: E402
+from mbdpo.trainers.base import code_version  # noqa: E402
 from mbdpo.trainers.online import fill_env_dims  # noqa: E402
 
 
@@ -225,6 +226,7 @@ def main():
     with open(out, "w") as f:
         json.dump({"matmul_gflops": gemm["fp32"], "matmul_gflops_bf16": gemm["bf16"],
                    "device": str(device), "torch": torch.__version__, "processor": proc,
+                   "commit": code_version(),
                    "overrides": overrides, "variants": variants, "num_envs": num_envs,
                    "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
     print(f"wrote {out}")

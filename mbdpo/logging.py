@@ -48,11 +48,28 @@ class CSVLog:
         new = self.fields is None
         if new:
             self.fields = list(row.keys())
+        elif any(k not in self.fields for k in row):
+            self._widen([k for k in row if k not in self.fields])
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow({k: _fmt(row.get(k, "")) for k in self.fields})
+
+
+    def _widen(self, extra: list[str]) -> None:
+        """New columns (e.g. the losses once updates start): the file is rewritten once with
+        them added before ``elapsed_time``, earlier rows leaving them empty."""
+        at = self.fields.index("elapsed_time") if "elapsed_time" in self.fields else len(self.fields)
+        self.fields = self.fields[:at] + extra + self.fields[at:]
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
 
 
 def _fmt(v):

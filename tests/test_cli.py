@@ -34,6 +34,14 @@ def test_train_writes_csvs_and_checkpoints(state_run):
     for r in train + ev:
         assert 0 <= float(r["episode_reward"]) <= 1000
     assert "episode_success" not in ev[0]  # DMControl reports no success
+    # episode rows carry the last update's outputs: none before the first update (step 500)
+    stats = ("consistency_loss", "reward_loss", "value_loss", "energy_loss", "pi_loss",
+             "total_loss", "grad_norm", "td_target", "q_scale", "energy_mean", "energy_std")
+    assert all(train[0][k] == "" for k in stats)
+    values = {k: float(train[1][k]) for k in stats}
+    assert all(v == v and abs(v) < 1e6 for v in values.values()), values
+    assert values["q_scale"] >= 1 and values["energy_std"] > 0 and values["grad_norm"] > 0
+    assert list(train[0])[-1] == "elapsed_time"
     models = os.listdir(os.path.join(run, "models"))
     assert {"final.pt", "500.pt", "latest.pt"} <= set(models)
     # one unit: latest.pt names its replay file, the only one left

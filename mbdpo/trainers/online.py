@@ -53,6 +53,7 @@ class OnlineTrainer(Trainer):
                                     seed=cfg.seed)
         self.episode, self.updates, self.pretrained = 0, 0, False
         self.update_credit = 0.0  # updates owed (utd x environment steps), carried over
+        self.last_update: dict = {}  # the outputs of the last update, for the episode rows
         self._save_at_boundary = False
         # Seeding (ALGORITHM.md §2): random actions for the first ``random_steps`` steps, no
         # update before ``learn_from`` steps, then a burst of ``burst`` updates, then one per step.
@@ -317,6 +318,7 @@ class OnlineTrainer(Trainer):
             if stop:  # the run saves the state of the last boundary, before these updates
                 break
         self.pretrained = True
+        self.last_update = losses or self.last_update
         return losses
 
     def _finish_episode(self, ep) -> None:
@@ -334,6 +336,9 @@ class OnlineTrainer(Trainer):
                "episode_reward": float(np.sum(ep["reward"])), "episode_length": L}
         if ep["success"] is not None:
             row["episode_success"] = ep["success"]
+        # what the last update gave (every loss, grad norm, TD target, Q scale, energy
+        # statistics): empty until updates start
+        row.update({k: float(v) for k, v in self.last_update.items()})
         row["elapsed_time"] = self.elapsed()
         self.logger.log("train", row, self.step)
 
