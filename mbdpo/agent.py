@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mbdpo import distributed
 from mbdpo.compiled import Compiled, compile_mode
 from mbdpo.cuda_graph import Graphed
 from mbdpo.config import amp_dtype
@@ -44,13 +45,36 @@ class MBDPO:
         self.amp_dtype = amp_dtype(cfg.get("precision", "fp32"), self.device)
         self.plan_amp_dtype = amp_dtype(cfg.get("plan_precision", "fp32"), self.device)
         self.update_fn, self.plan_fn = self._update, self._plan
-        if self.graphs:
+        data_parallel = distributed.active()
+        if self.graphs and not data_parallel:
             self.update_fn, self.plan_fn = Graphed(self._update), Graphed(self._plan)
-        elif cfg.compile:  # the denoising step and the update's losses (mbdpo/compiled.py)
+        elif self.graphs:
+            self.plan_fn = Graphed(self._plan)
+        if cfg.compile and not self.graphs:
+            # the denoising step and the update's losses (mbdpo/compiled.py); under torchrun
+            # the losses stay eager: they hold the statistics' collectives
             mode = compile_mode(self.device)
             self.planner.weighted_mean = Compiled(self.planner.weighted_mean, mode)
-            self._model_losses = Compiled(self._model_losses, mode)
-            self._pi_loss = Compiled(self._pi_loss, mode)
+            if not data_parallel:
+                self._model_losses = Compiled(self._model_losses, mode)
+                self._pi_loss = Compiled(self._pi_loss, mode)
+        self.model_losses, self.pi_loss = self._model_losses, self._pi_loss
+        if data_parallel:
+            self._data_parallel()
+
+    def _data_parallel(self) -> None:
+        """Under torchrun: the world-model losses and the policy loss become the forward of two
+        DistributedDataParallel modules, which average the gradients of every process's share
+        of the batch (and start every process from rank 0's weights)."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        m = self.model
+        distributed.broadcast_state(m)  # the target Qs and statistics too, not only DDP's
+        trained = [c for n, c in m.named_children() if n not in ("pi_head", "Qs_target")
+                   and any(p.requires_grad for p in c.parameters())]
+        ids = None if self.device.type == "cpu" else [self.device]
+        self._wm_ddp = DDP(_Forward(self._model_losses, trained), device_ids=ids)
+        self._pi_ddp = DDP(_Forward(self._pi_loss, [m.pi_head]), device_ids=ids)
+        self.model_losses, self.pi_loss = self._wm_ddp, self._pi_ddp
 
     def autocast(self, plan: bool = False):
         """The update's autocast context (the planner's with ``plan``)."""
@@ -115,7 +139,7 @@ class MBDPO:
         m.train()
         e, mask = m.embed(task), m.action_mask(task)
         with self.autocast():
-            total, zs, out = self._model_losses(obs, action, reward, terminated, task, e, mask)
+            total, zs, out = self.model_losses(obs, action, reward, terminated, task, e, mask)
 
         # 4. world-model step
         self.optim.zero_grad(set_to_none=True)
@@ -230,7 +254,7 @@ class MBDPO:
                 * self.rho).mean()
 
     def _pi_step(self, zs, e, mask):
-        loss = self._pi_loss(zs, e, mask)
+        loss = self.pi_loss(zs, e, mask)
         self.pi_optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.pi_head.parameters(), self.cfg.grad_clip_norm)
@@ -254,6 +278,19 @@ class MBDPO:
                 fn.reset()
         self.scale.load_state_dict(state["scale"])
         self.warm = {k: v.to(self.device) for k, v in state.get("warm", {}).items()}
+
+
+class _Forward(torch.nn.Module):
+    """``fn`` as the forward of a module that holds ``nets``, the networks its loss trains
+    (DistributedDataParallel synchronises the gradients of a module's parameters)."""
+
+    def __init__(self, fn, nets):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
 
 
 def set_capturable(opt: torch.optim.Optimizer, capturable: bool, device) -> None:

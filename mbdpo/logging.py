@@ -80,19 +80,25 @@ def _fmt(v):
 
 class Logger:
     def __init__(self, cfg, run_dir: str, resume_step: int | None = None,
-                 resume_eval_step: int | None = None):
+                 resume_eval_step: int | None = None, enabled: bool = True):
         """On resume, train rows past ``resume_step`` and eval rows past ``resume_eval_step``
-        (the last evaluation the checkpoint knows of) are dropped."""
+        (the last evaluation the checkpoint knows of) are dropped. ``enabled=False`` (the
+        processes of a torchrun run other than rank 0) writes nothing."""
         self.cfg, self.dir = cfg, run_dir
+        self.start = time.time()
+        self.wandb = None
+        self.csv = {}
+        if not enabled:
+            return
         os.makedirs(run_dir, exist_ok=True)
         self.csv = {"train": CSVLog(os.path.join(run_dir, "train.csv"), resume_step),
                     "eval": CSVLog(os.path.join(run_dir, "eval.csv"), resume_eval_step)}
-        self.start = time.time()
-        self.wandb = None
         if cfg.enable_wandb and cfg.wandb_mode != "disabled":
             self.wandb = _init_wandb(cfg, run_dir, resume=resume_step is not None)
 
     def log(self, name: str, row: dict, step: int) -> None:
+        if name not in self.csv:
+            return
         self.csv[name].write(row)
         if self.wandb is not None:
             self.wandb.log({f"{name}/{k}": _fmt(v) for k, v in row.items() if k != "step"},

@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mbdpo import distributed
+
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(torch.abs(x))
@@ -98,7 +100,8 @@ class RunningScale(torch.nn.Module):
     def update(self, x: torch.Tensor) -> None:
         """Smooth the range, clamped to at least 1, into the scale (TD-MPC2's order: clamp,
         then average, so a run of small ranges cannot pull the scale below 1)."""
-        lo, hi = quantiles(x.detach().flatten().float(), (0.05, 0.95))
+        # under torchrun: the range of the global batch
+        lo, hi = quantiles(distributed.gather(x.detach().flatten().float()), (0.05, 0.95))
         self.value.lerp_((hi - lo).clamp(min=1.0), self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,9 +121,13 @@ class RunningMeanStd(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().float()
-        self.mean.lerp_(x.mean(), 1 - self.momentum)
-        self.std.lerp_(x.std(unbiased=False).clamp(min=1e-6), 1 - self.momentum)
+        if distributed.active():  # under torchrun: the statistics of the global batch
+            mean, std = distributed.mean_and_std(x)
+        else:
+            x = x.detach().float()
+            mean, std = x.mean(), x.std(unbiased=False)
+        self.mean.lerp_(mean, 1 - self.momentum)
+        self.std.lerp_(std.clamp(min=1e-6), 1 - self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.std.clamp(min=1e-6)).clamp(-self.clip, self.clip)

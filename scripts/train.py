@@ -1,15 +1,21 @@
 """Train MBDPO. Online on one task: python scripts/train.py task=dog-run
 Multi-task offline: python scripts/train.py task=mt80 multitask=true data_dir=offline_dataset/mt80
+On N processes (data parallel): torchrun --nproc_per_node=N scripts/train.py task=mt80 multitask=true ...
 """
 from mbdpo.cli import entry
 
 
 def job(cfg):
-    if cfg.multitask:
-        from mbdpo.trainers.offline import OfflineTrainer
-        return OfflineTrainer(cfg).train()
-    from mbdpo.trainers.online import OnlineTrainer
-    return OnlineTrainer(cfg).train()
+    from mbdpo import distributed
+    distributed.setup(cfg)  # under torchrun: join the other processes (offline only)
+    try:
+        if cfg.multitask:
+            from mbdpo.trainers.offline import OfflineTrainer
+            return OfflineTrainer(cfg).train()
+        from mbdpo.trainers.online import OnlineTrainer
+        return OnlineTrainer(cfg).train()
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class OfflineStore:
         if backend not in ("auto", "mmap", "pread"):
             raise ValueError(f"backend must be auto, mmap or pread, not {backend!r}")
         self.store_dir, self.meta = store_dir, meta
+        self.part: slice | None = None  # this process's rows of each batch (torchrun)
         self.obs_dim, self.action_dim = meta["obs_dim"], meta["action_dim"]
         self.num_entries, self.num_episodes = meta["num_entries"], meta["num_episodes"]
         self.num_transitions = meta["num_transitions"]
@@ -165,7 +166,12 @@ class OfflineStore:
                                       horizon + (k == "obs")) for k in self._read}
 
     def sample(self, batch_size: int, horizon: int) -> dict:
+        """``batch_size`` sub-trajectories; with ``part`` set (a slice: this process's share
+        under torchrun) all processes draw the same global batch and read only their rows."""
         starts, ep = self.sample_starts(batch_size, horizon)
+        if self.part is not None:
+            starts, ep = starts[self.part], ep[self.part]
+            batch_size = len(starts)
         if self.threads > 1 and batch_size >= 2 * self.threads:
             # several parts at once: their page faults or reads overlap (numpy indexing and
             # preadv release the GIL)

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mbdpo import checkpoint as ckpt
-from mbdpo import faults
+from mbdpo import distributed, faults
 from mbdpo.config import run_dir
 
 
@@ -194,6 +194,19 @@ class Trainer:
         last ``mark()``) as one unit, and link latest.pt under ``names`` (e.g. final.pt,
         <step>.pt)."""
         state = dict(self._mark) if marked else self.checkpoint_state(step)
+        if distributed.active():  # torchrun: every process's random streams, rank 0 writes
+            state["rng_ranks"] = distributed.gather_objects(state["rng"])
+            # the processes' weights must be the same: a checkpoint of one would lose the
+            # others' otherwise
+            if not marked:
+                prints = distributed.gather_objects(distributed.fingerprint(self.agent.model))
+                if len(set(prints)) > 1:
+                    raise RuntimeError(f"the {len(prints)} processes hold different weights "
+                                       f"at step {step:,}: data-parallel training is broken.")
+                state["rank_fingerprints"] = prints
+            if not distributed.is_main():
+                self.saved_step = state["step"]
+                return os.path.join(self.model_dir, "latest.pt")
         extras = self.extra_state(marked)
         self.check_space(tensor_bytes(state) + tensor_bytes(extras), state["step"])
         files, written = {}, False
@@ -327,7 +340,12 @@ class Trainer:
         self.elapsed_before = state["elapsed"]
         for k, v in state["counters"].items():
             setattr(self, k, v)
-        ckpt.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []
+        if len(ranks) == distributed.world():
+            ckpt.set_rng_state(ranks[distributed.rank()])
+        else:  # saved by another number of processes: rank 0's streams, the others reseeded
+            ckpt.set_rng_state(state["rng"])
+            distributed.own_noise(self.cfg.seed + self.step)
         self.restore(state)
         self.saved_step = self.step
         print(f"Resumed from {path} at step {self.step:,}.")
@@ -337,7 +355,8 @@ class Trainer:
         """A resumed run that already reached ``steps`` and evaluated there: nothing to do."""
         if self.step >= self.cfg.steps and self.last_eval_step >= self.step:
             final = os.path.join(self.model_dir, "final.pt")
-            if not os.path.exists(final):  # killed between latest.pt and its final.pt link
+            if not os.path.exists(final) and distributed.is_main():
+                # killed between latest.pt and its final.pt link
                 ckpt.atomic_link(os.path.join(self.model_dir, "latest.pt"), final)
             print(f"The run in {self.dir} already finished at step {self.step:,} (its last "
                   "evaluation is in eval.csv): nothing to do; pass a larger steps= to train "

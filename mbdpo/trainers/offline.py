@@ -7,7 +7,7 @@ import copy
 import os
 import time
 
-from mbdpo import faults
+from mbdpo import distributed, faults
 from mbdpo.agent import MBDPO
 from mbdpo.config import ConfigError
 from mbdpo.envs import make_env
@@ -49,8 +49,15 @@ class OfflineTrainer(Trainer):
         if not cfg.data_dir:
             raise ConfigError(f"task={cfg.task} multitask=true pretrains offline: pass "
                               f"data_dir=offline_dataset/{cfg.task} (see offline_dataset/README.md).")
+        if not distributed.is_main():  # under torchrun rank 0 prepares the store alone
+            distributed.barrier()
         store_dir = prepare_store(str(cfg.data_dir), num_tasks=len(cfg.tasks))
+        if distributed.is_main():
+            distributed.barrier()
+        # every process draws the same batches (the same seed) and reads its share of them
         self.store = OfflineStore(store_dir, seed=cfg.seed)
+        if distributed.active():
+            self.store.part = distributed.share(cfg.batch_size)
         fill_multitask_dims(cfg, self.store.obs_dim, self.store.action_dim)
         counts = self.store.meta.get("episodes_per_task") or []
         absent = [t for i, t in enumerate(cfg.tasks) if i >= len(counts) or not counts[i]]
@@ -63,6 +70,7 @@ class OfflineTrainer(Trainer):
                   flush=True)
         self.eval_tasks = eval_task_list(cfg)
         self.agent = MBDPO(cfg)
+        distributed.own_noise(cfg.seed)
 
     extra_names = ("sampler.pt",)
 
@@ -77,17 +85,21 @@ class OfflineTrainer(Trainer):
 
     def train(self):
         cfg = self.cfg
-        self.claim_dir()
+        if distributed.is_main():
+            self.claim_dir()
+        distributed.barrier()
         resume_step = None
         if cfg.resume and self.resume() is not None:
             resume_step = self.step
             if self.finished():
                 return None
         self.logger = Logger(cfg, self.dir, resume_step,
-                             None if resume_step is None else self.last_eval_step)
-        self.task_csv = CSVLog(os.path.join(self.dir, "eval_tasks.csv"),
-                               None if resume_step is None else self.last_eval_step)
-        write_metadata(cfg, self.dir)
+                             None if resume_step is None else self.last_eval_step,
+                             enabled=distributed.is_main())
+        if distributed.is_main():
+            self.task_csv = CSVLog(os.path.join(self.dir, "eval_tasks.csv"),
+                                   None if resume_step is None else self.last_eval_step)
+            write_metadata(cfg, self.dir)
         return self.run_loop(f"offline on {cfg.task} ({len(cfg.tasks)} tasks, "
                              f"{self.store.num_transitions:,} transitions, {cfg.steps:,} updates)")
 
@@ -95,19 +107,24 @@ class OfflineTrainer(Trainer):
         cfg = self.cfg
         rate_t, rate_step = time.time(), self.step
         losses, result = {}, None
+        device = self.agent.device
         while True:
             if self.step % cfg.eval_freq == 0 and self.last_eval_step < self.step \
                     or self.step >= cfg.steps:
                 self.check_finite(losses, self.step)
                 self.mark()
-                result = self._evaluate(stop)
-                if result is None:  # stopped during it: resume evaluates again
-                    self.interrupted(marked=True)
+                # under torchrun rank 0 evaluates while the others wait here
+                result = self._evaluate(stop) if distributed.is_main() else {}
+                if distributed.any_rank(result is None, device):
+                    self.interrupted(marked=True)  # stopped during it: resume evaluates again
+                self.last_eval_step = self.step
+                if 0 < self.step < cfg.steps:
+                    self.save(self.step)
             if self.step >= cfg.steps:
                 self.save(self.step, names=["final.pt"])
                 print(f"Done: {self.step:,} updates. Final checkpoint in {self.model_dir}")
                 return result
-            if stop:
+            if self._stop_now(stop):
                 self.check_finite(losses, self.step)
                 self.interrupted(marked=False)
             losses = self.agent.update(self.store.sample(cfg.batch_size, cfg.horizon))
@@ -116,7 +133,8 @@ class OfflineTrainer(Trainer):
             if self.step % cfg.log_freq == 0:
                 self.check_finite(losses, self.step)
                 sps = (self.step - rate_step) / max(time.time() - rate_t, 1e-9)
-                row = {"step": self.step, **{k: float(v) for k, v in losses.items()},
+                row = {"step": self.step,
+                       **{k: float(v) for k, v in distributed.average(losses).items()},
                        "elapsed_time": self.elapsed()}
                 self.logger.log("train", row, self.step)
                 shown = {k: row[k] for k in ("consistency_loss", "reward_loss", "value_loss",
@@ -127,6 +145,13 @@ class OfflineTrainer(Trainer):
                     and self.step < cfg.steps:
                 self.check_finite(losses, self.step)
                 self.save(self.step, names=[f"{self.step}.pt"])
+
+    def _stop_now(self, stop) -> bool:
+        """A stop, seen alike by every process: under torchrun the processes agree every 8
+        updates (one small collective), so all stop at the same update."""
+        if not distributed.active():
+            return bool(stop)
+        return self.step % 8 == 0 and distributed.any_rank(bool(stop), self.agent.device)
 
     def _evaluate(self, stop=None) -> dict | None:
         cfg = self.cfg
@@ -140,7 +165,4 @@ class OfflineTrainer(Trainer):
                "episode_reward": sum(r["episode_reward"] for r in rows) / len(rows),
                "elapsed_time": self.elapsed()}
         self.logger.log("eval", row, self.step)
-        self.last_eval_step = self.step
-        if 0 < self.step < cfg.steps:
-            self.save(self.step)
         return row
