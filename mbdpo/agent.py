@@ -46,10 +46,10 @@ class MBDPO:
         self.plan_amp_dtype = amp_dtype(cfg.get("plan_precision", "fp32"), self.device)
         self.update_fn, self.plan_fn = self._update, self._plan
         data_parallel = distributed.active()
-        if self.graphs and not data_parallel:
-            self.update_fn, self.plan_fn = Graphed(self._update), Graphed(self._plan)
-        elif self.graphs:
+        if self.graphs:  # under torchrun the update stays eager (its collectives)
             self.plan_fn = Graphed(self._plan)
+            if not data_parallel:
+                self.update_fn = Graphed(self._update)
         if cfg.compile and not self.graphs:
             # the denoising step and the update's losses (mbdpo/compiled.py); under torchrun
             # the losses stay eager: they hold the statistics' collectives

@@ -56,7 +56,6 @@ class CSVLog:
                 w.writeheader()
             w.writerow({k: _fmt(row.get(k, "")) for k in self.fields})
 
-
     def _widen(self, extra: list[str]) -> None:
         """New columns (e.g. the losses once updates start): the file is rewritten once with
         them added before ``elapsed_time``, earlier rows leaving them empty."""

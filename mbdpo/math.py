@@ -121,11 +121,7 @@ class RunningMeanStd(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        if distributed.active():  # under torchrun: the statistics of the global batch
-            mean, std = distributed.mean_and_std(x)
-        else:
-            x = x.detach().float()
-            mean, std = x.mean(), x.std(unbiased=False)
+        mean, std = distributed.mean_and_std(x)  # under torchrun: of the global batch
         self.mean.lerp_(mean, 1 - self.momentum)
         self.std.lerp_(std.clamp(min=1e-6), 1 - self.momentum)
 
