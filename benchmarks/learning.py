@@ -82,17 +82,17 @@ def collect(args, seeds) -> str:
     """Write <task>.csv (step,reward,seed) from the runs' eval.csv, and <task>.json beside it:
     the settings, and per seed the steps reached, the wall time (evaluations included), the
     steps per second, the torch threads and the code versions (commits) that made the run."""
+    from mbdpo.curves import write_curve
     out_dir = os.path.join(ROOT, "benchmarks", "results", "learning")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{args['task']}.csv")
-    rows, runs = [], {}
+    runs = {}
     for seed in seeds:
         ev = os.path.join(run_dir(args, seed), "eval.csv")
         if not os.path.exists(ev):
             continue
         with open(ev) as f:
             evals = list(csv.DictReader(f))
-        rows += [(int(float(r["step"])), float(r["episode_reward"]), seed) for r in evals]
         if not evals:
             continue
         steps, wall = int(float(evals[-1]["step"])), float(evals[-1]["elapsed_time"])
@@ -104,10 +104,7 @@ def collect(args, seeds) -> str:
         runs[seed] = {"steps": steps, "wall_s": round(wall), "steps_per_s":
                       round(steps / max(wall, 1e-9), 3), "commits": commits,
                       "threads": run_threads(run_dir(args, seed))}
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "reward", "seed"])
-        w.writerows(sorted(rows, key=lambda r: (r[2], r[0])))
+    write_curve(path, {seed: run_dir(args, seed) for seed in seeds})
     with open(os.path.splitext(path)[0] + ".json", "w") as f:
         json.dump({"task": args["task"], "settings": {k: v for k, v in args.items()
                                                       if k != "task"},

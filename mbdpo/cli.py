@@ -36,10 +36,11 @@ def run(cfg, job):
 def check_overrides(argv: list[str], config_dir: str) -> None:
     """Before Hydra parses the command line: an unknown ``key=value`` is named with the closest
     known settings, in one sentence (Hydra's own message suggests ``+key``, which the code would
-    then ignore)."""
+    then ignore). ``--help`` or ``-h`` prints the help first and exits (``help_if_asked``)."""
     import difflib
 
     from omegaconf import OmegaConf
+    help_if_asked(argv, config_dir)
     known = set(OmegaConf.load(os.path.join(config_dir, "config.yaml")).keys())
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "~", "hydra", "+hydra", "++hydra")):
@@ -63,12 +64,84 @@ def check_overrides(argv: list[str], config_dir: str) -> None:
             raise SystemExit(2)
 
 
+def _value(v) -> str:
+    """A default as it would be written on the command line."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    if isinstance(v, int) and abs(v) >= 10_000:
+        return f"{v:_}"  # as the file writes it; Hydra reads 4_000_000 too
+    return str(v)
+
+
+def config_help(config_dir: str) -> str:
+    """Every top-level key of ``<config_dir>/config.yaml`` (but ``defaults`` and ``hydra``) as
+    ``  key = default  comment``, grouped under the file's section comments (a ``# ...`` line at
+    the start of a line, just before a block of keys). The comment is the key's trailing
+    ``# ...``, joined with the indented comment-only lines that continue it; the defaults are
+    the values ``OmegaConf.load`` reads (YAML loaders drop comments, so the text is read here)."""
+    import re
+
+    from omegaconf import OmegaConf
+    path = os.path.join(config_dir, "config.yaml")
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    sections: list[tuple[str, list[list[str]]]] = []  # (title, [[key, comment], ...])
+    title, last = "", None  # the section comment just read; the key a comment may continue
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip()
+            key = re.match(r"([A-Za-z_][\w-]*):(?:\s|$)", line)
+            if key and key.group(1) in ("defaults", "hydra"):
+                title, last = "", None
+            elif key:
+                if title or not sections:
+                    sections.append((title, []))
+                comment = re.search(r"\s#\s?(.*)", line)
+                last = [key.group(1), comment.group(1).strip() if comment else ""]
+                sections[-1][1].append(last)
+                title = ""
+            elif line.startswith("#"):
+                title, last = line.lstrip("#").strip(), None
+            elif line.lstrip().startswith("#") and last is not None:
+                last[1] = f"{last[1]} {line.lstrip().lstrip('#').strip()}".strip()
+            else:
+                last = None
+    width = max((len(f"{k} = {_value(values[k])}") for _, keys in sections for k, _ in keys),
+                default=0)
+    out = []
+    for title, keys in sections:
+        out += [f"\n{title}"] if title else []
+        out += [f"  {f'{k} = {_value(values[k])}':<{width}}  {c}".rstrip() for k, c in keys]
+    return "\n".join(out).lstrip("\n")
+
+
+def help_if_asked(argv: list[str], config_dir: str) -> None:
+    """``--help`` or ``-h`` among ``argv``: print the ``__main__`` script's docstring, how
+    settings are given, and ``config_help(config_dir)``; exit 0. Hydra's own help stays
+    available as ``--hydra-help``."""
+    if not {"--help", "-h"} & set(argv):
+        return
+    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    text = (f"{doc}\n\n" if doc else "") + (
+        "Settings are given as key=value (Hydra overrides), e.g. seed=2 steps=100_000;\n"
+        "--hydra-help shows Hydra's own help.\n\n") + config_help(config_dir)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # e.g. piped into head: the rest is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(0)
+
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfgs")
 
 
 def entry(job, before_parse=None) -> None:
-    """The body of every script: check the overrides, compose cfgs/config.yaml with Hydra,
-    apply ``before_parse(cfg)`` if given, then ``run(cfg, job)``."""
+    """The body of every script: ``--help``/``-h`` prints the script's help and exits; else check
+    the overrides, compose cfgs/config.yaml with Hydra, apply ``before_parse(cfg)`` if given,
+    then ``run(cfg, job)``."""
     import hydra
 
     @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)
@@ -77,5 +150,6 @@ def entry(job, before_parse=None) -> None:
             before_parse(cfg)
         run(cfg, job)
 
+    help_if_asked(sys.argv[1:], CONFIG_DIR)
     check_overrides(sys.argv[1:], CONFIG_DIR)
     main()

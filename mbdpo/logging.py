@@ -99,9 +99,15 @@ class Logger:
         if name not in self.csv:
             return
         self.csv[name].write(row)
+        if self.wandb is not None:  # numbers as numbers (wandb plots no strings)
+            self.wandb.log({f"{name}/{k}": v.item() if hasattr(v, "item") else v
+                            for k, v in row.items() if k != "step"}, step=step)
+
+    def video(self, path: str, step: int) -> None:
+        """An evaluation video (an mp4 already written) to wandb, as media."""
         if self.wandb is not None:
-            self.wandb.log({f"{name}/{k}": _fmt(v) for k, v in row.items() if k != "step"},
-                           step=step)
+            import wandb
+            self.wandb.log({"eval/video": wandb.Video(path, format="mp4")}, step=step)
 
     def progress_line(self, kind: str, step: int, total: int, steps_per_sec: float,
                       **values) -> str:

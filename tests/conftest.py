@@ -67,6 +67,19 @@ def digests(folder) -> dict:
     return out
 
 
+def assert_picture(path, width, height):
+    """A PNG of ``width`` x ``height`` pixels that is not blank."""
+    import numpy as np
+    from matplotlib.image import imread
+    assert os.path.getsize(path) > 5000
+    img = imread(path)
+    assert img.shape[:2] == (height, width)
+    # not blank: many colours, and more than 3% of the pixels not white (an empty figure: 0)
+    flat = img[..., :3].reshape(-1, 3)
+    assert len(np.unique((flat * 255).astype(np.uint8), axis=0)) > 50
+    assert (flat.min(axis=1) < 0.95).mean() > 0.03
+
+
 def rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))

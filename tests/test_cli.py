@@ -13,7 +13,7 @@ import torch
 
 from mbdpo.checkpoint import unit_file
 from mbdpo.trainers.base import code_version
-from tests.conftest import ROOT, TINY, cli, rows
+from tests.conftest import ROOT, TINY, assert_picture, cli, rows
 
 
 
@@ -52,8 +52,24 @@ def test_train_writes_csvs_and_checkpoints(state_run):
     assert {"model", "optim", "pi_optim", "scale", "warm"} <= set(state["agent"])
     assert "steps/s" in stdout and "ETA" in stdout and "Pretraining on" in stdout
     with open(os.path.join(run, "metadata.json")) as f:  # the code that made the run
-        assert json.load(f)["commits"] == [code_version()]
+        meta = json.load(f)
+    assert meta["commits"] == [code_version()]
     assert code_version() != "unknown"
+    # the run's records: every start, the resolved settings, the packages
+    (start,) = meta["starts"]
+    assert start["commit"] == code_version().split("+")[0]
+    assert start["dirty"] == code_version().endswith("+dirty")
+    assert "scripts/train.py task=cartpole-balance steps=1000" in start["command"]
+    assert (start["device"], start["threads"], start["torch"]) == ("cpu", 1, torch.__version__)
+    assert start["device_name"]
+    from omegaconf import OmegaConf
+    saved = OmegaConf.load(os.path.join(run, "config.yaml"))
+    assert (saved.task, saved.steps, saved.seed_steps, saved.mlp_dim, saved.obs_shape) == \
+        ("cartpole-balance", 1000, 500, 64, [5])
+    with open(os.path.join(run, "pip_freeze.txt")) as f:
+        freeze = f.read().splitlines()
+    assert f"torch=={torch.__version__}" in freeze and any(p.startswith("mujoco==")
+                                                             for p in freeze)
 
 
 @pytest.mark.slow
@@ -94,6 +110,35 @@ def test_evaluate_plans_as_the_run_did(state_run):
 
 
 @pytest.mark.slow
+def test_visualize_latents_of_a_checkpoint(state_run):
+    """Two evaluation episodes' latents embedded by LLE: the figure's points are the saved
+    embedding of the saved latents, coloured by time step; the title gives the return."""
+    import numpy as np
+
+    from mbdpo import plots
+    _, run, _ = state_run
+    models = os.path.join(run, "models")
+    out = cli("visualize_latents.py", "task=cartpole-balance",
+              f"checkpoint={os.path.join(models, 'final.pt')}", "eval_episodes=2", "threads=1")
+    stem = os.path.join(models, "latents_final_cartpole-balance")
+    assert out.stdout.split()[-2:] == [stem + ".png", stem + ".pdf"], out.stdout
+    assert "cartpole-balance: return" in out.stdout and "step 1,000" in out.stdout
+    assert_picture(stem + ".png", 2 * 540, 480)  # two 4.5 x 4 in panels at 120 dpi
+    data = np.load(stem + ".npz")
+    assert data["latents"].shape == (2 * 501, 32) and data["embedded"].shape == (2 * 501, 2)
+    assert list(np.bincount(data["episode"])) == [501, 501]
+    np.testing.assert_allclose(plots.embed_2d(data["latents"], "lle", seed=1),
+                               data["embedded"], atol=1e-8)
+    points = [data["embedded"][data["episode"] == i] for i in (0, 1)]
+    fig = plots.latents_figure(points, "t")
+    one, every = fig.axes[:2]
+    np.testing.assert_allclose(one.collections[0].get_offsets(), points[0])
+    for sc, p in zip(every.collections, points):
+        np.testing.assert_allclose(sc.get_offsets(), p)
+        assert list(sc.get_array()) == list(range(501))
+
+
+@pytest.mark.slow
 def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
     import shutil
     work, run, _ = state_run
@@ -113,7 +158,9 @@ def test_resume_continues_without_duplicate_rows(state_run, tmp_path):
                         weights_only=True)
     assert replay["num_episodes"] == 3 and replay["size"] == 3 * 501
     with open(os.path.join(run2, "metadata.json")) as f:  # the same code: one entry
-        assert json.load(f)["commits"] == [code_version()]
+        meta = json.load(f)
+    assert meta["commits"] == [code_version()]
+    assert len(meta["starts"]) == 2 and "resume=true" in meta["starts"][1]["command"]
 
 
 @pytest.mark.slow
@@ -269,15 +316,68 @@ def test_pixel_training_runs(tmp_path):
     assert "(rgb," in out.stdout
 
 
+def wandb_history(path: str) -> list[dict]:
+    """The history rows of an offline wandb run file. wandb 0.31 (its writer is in Go) ships no
+    reader for these files: they are LevelDB-style logs (a 7-byte file header ':W&B'..., then
+    32 KiB blocks of records with a 7-byte header: crc32, length, kind 1 full / 2 first / 3
+    middle / 4 last) of wandb's Record protobufs."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b":W&B"
+    pos, parts, rows = 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            break
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        parts = chunk if kind in (1, 2) else parts + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(parts)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                             for i in record.history.item})
+    return rows
+
+
 @pytest.mark.slow
-def test_wandb_offline(tmp_path):
-    cli("train.py", "task=cartpole-balance", "steps=500", "seed_steps=250", "eval_freq=500",
+def test_wandb_offline_holds_the_csvs_numbers_and_the_video(tmp_path):
+    cli("train.py", "task=cartpole-balance", "steps=1000", "seed_steps=500", "eval_freq=1000",
         "save_model_every=0", f"work_dir={tmp_path}", "exp_name=wb", "enable_wandb=true",
-        "wandb_mode=offline", *TINY)
+        "wandb_mode=offline", "save_video=true", *TINY)
     run = os.path.join(str(tmp_path), "cartpole-balance", "1", "wb")
     runs = [d for d in os.listdir(os.path.join(run, "wandb")) if d.startswith("offline-run")]
     assert len(runs) == 1
     assert os.path.exists(os.path.join(run, "wandb_id.txt"))
+    folder = os.path.join(run, "wandb", runs[0])
+    history = wandb_history(next(os.path.join(folder, f) for f in os.listdir(folder)
+                                 if f.endswith(".wandb")))
+    by_step: dict = {}
+    for h in history:
+        by_step.setdefault(h["_step"], {}).update(h)
+    train, ev = rows(os.path.join(run, "train.csv")), rows(os.path.join(run, "eval.csv"))
+    assert train[-1]["value_loss"] != ""  # the row after the first updates carries them
+    for name, table in (("train", train), ("eval", ev)):
+        for r in table:
+            logged = by_step[int(r["step"])]
+            for k, v in r.items():
+                if k != "step" and v != "":
+                    assert isinstance(logged[f"{name}/{k}"], (int, float)), (k, logged)
+                    assert logged[f"{name}/{k}"] == pytest.approx(float(v), rel=1e-5), k
+    # the evaluation videos as media, at the evaluation steps
+    videos = {s: h for s, h in by_step.items() if "eval/video/_type" in h}
+    assert sorted(videos) == [0, 1000]
+    for step, h in videos.items():
+        assert h["eval/video/_type"] == "video-file"
+        mine = os.path.getsize(os.path.join(run, "videos", f"{step}.mp4"))
+        media = os.path.join(folder, "files", h["eval/video/path"])
+        assert h["eval/video/size"] == os.path.getsize(media) == mine > 10_000
 
 
 @pytest.mark.parametrize("args, message", [
@@ -363,6 +463,24 @@ def test_offline_pretraining_and_resume(mt30_data, tmp_path):
     assert "Resumed from" in out.stdout and "at step 40" in out.stdout
     assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 40, 80]
     assert os.path.exists(os.path.join(mt30_data, "store", "meta.json"))
+    # the pictures of a multi-task run: normalised-score bars of its evaluations, the
+    # latents of one of its tasks and a t-SNE of its 30 task embeddings
+    from mbdpo import plots
+    bars = cli("plot.py", "--bars", os.path.join(run, "eval_tasks.csv"), "--out",
+               os.path.join(run, "mt30")).stdout.split()
+    assert bars == [os.path.join(run, "mt30_bars.png"), os.path.join(run, "mt30_bars.pdf")]
+    assert_picture(bars[0], 720, 432)
+    last = {r["task"]: float(r["score"]) for r in rows(os.path.join(run, "eval_tasks.csv"))
+            if r["step"] == "80"}
+    ax = plots.bars_figure({t: [v] for t, v in last.items()}).axes[0]
+    assert [r.get_height() for r in ax.patches] == pytest.approx(list(last.values()))
+    out = cli("visualize_latents.py", "task=walker-walk", "eval_episodes=1", "threads=1",
+              f"checkpoint={os.path.join(run, 'models', 'final.pt')}").stdout.split()
+    emb = os.path.join(run, "models", "task_embeddings_final")
+    assert out[-4:] == [os.path.join(run, "models", "latents_final_walker-walk.png"),
+                        os.path.join(run, "models", "latents_final_walker-walk.pdf"),
+                        emb + ".png", emb + ".pdf"]
+    assert_picture(emb + ".png", 840, 720)
 
 
 def test_offline_needs_data_dir():

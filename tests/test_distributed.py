@@ -70,6 +70,27 @@ def test_two_processes_train_as_one_and_resume(mt30_data, tmp_path):
             x, y = float(ra[key]), float(rb[key])
             assert abs(x - y) <= rtol * abs(y), (ra["step"], key, x, y)
 
+    # the same run on 2 "machines" of one process each, joined by torchrun's c10d rendezvous
+    # (as several nodes join; here both on this host): the same weights, bit for bit
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    nodes = str(tmp_path / "nodes")
+    env = dict(os.environ, WANDB_MODE="offline", MUJOCO_GL="egl", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                               "--nproc_per_node=1", "--rdzv_backend=c10d",
+                               f"--rdzv_endpoint=localhost:{port}", "--rdzv_id=two-nodes",
+                               os.path.join(ROOT, "scripts", "train.py"),
+                               *offline(mt30_data, nodes, 8)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "".join(outs).count("Done: 8 updates") == 1
+    assert final(nodes)["rank_fingerprints"] == prints
+
     # resume restores every process: 8 then 4 more updates equal 12 at once
     torchrun(offline(mt30_data, again, 8))
     torchrun(offline(mt30_data, again, 12, "resume=true"))

@@ -32,26 +32,71 @@ def code_version() -> str:
     return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
+def write_text(path: str, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically (a reader never sees half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def packages() -> str:
+    """What ``pip freeze`` lists (name==version of every installed distribution), read from
+    the installed packages' metadata, without starting pip."""
+    from importlib.metadata import distributions
+    names = {(d.metadata["Name"] or "?").lower().replace("_", "-"): d.version
+             for d in distributions()}
+    return "".join(f"{n}=={v}\n" for n, v in sorted(names.items()))
+
+
+def start_record(cfg, version: str) -> dict:
+    """One start (or resume) of a run: when, which code, the command line, where it ran."""
+    import platform
+    import sys
+    device = str(cfg.device)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = platform.processor() or platform.machine()
+        if os.path.exists("/proc/cpuinfo"):
+            with open("/proc/cpuinfo") as f:
+                name = next((ln.split(":", 1)[1].strip() for ln in f
+                             if ln.startswith("model name")), name)
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": version.split("+")[0],
+            "dirty": version.endswith("+dirty"), "command": " ".join([sys.executable,
+                                                                       *sys.argv]),
+            "cwd": os.getcwd(), "host": platform.node(), "device": device,
+            "device_name": name, "threads": torch.get_num_threads(),
+            "world_size": distributed.world(), "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
 def write_metadata(cfg, folder: str) -> None:
-    """Facts about a run a reader of its numbers needs (e.g. Meta-World environment version),
-    and the code versions that ran it: one entry per start or resume with other code."""
+    """The run's records, for whoever reads its numbers later: metadata.json (facts about the
+    run, e.g. the Meta-World environment version; the code versions that ran it, one entry per
+    start or resume with other code; every start with its commit, dirty flag, command line,
+    device and versions), config.yaml (the resolved settings of the last start) and
+    pip_freeze.txt (the packages of the last start)."""
     path = os.path.join(folder, "metadata.json")
-    commits = []
+    old = {}
     if cfg.get("resume") and os.path.exists(path):
         with open(path) as f:
-            commits = json.load(f).get("commits", [])
+            old = json.load(f)
+    commits, starts = old.get("commits", []), old.get("starts", [])
     version = code_version()
     if not commits or commits[-1] != version:
         commits.append(version)
     meta = {"task": cfg.task, "tasks": list(cfg.tasks), "seed": cfg.seed,
-            "model_size": cfg.model_size, "obs": cfg.obs, "commits": commits}
+            "model_size": cfg.model_size, "obs": cfg.obs, "commits": commits,
+            "starts": starts + [start_record(cfg, version)]}
     if any(t.startswith("mw-") for t in cfg.tasks):
         meta["metaworld_env_version"] = "v3"
         meta["note"] = ("Meta-World tasks were evaluated on metaworld's -v3 environments; the "
                         "TD-MPC2 datasets were recorded on -v2.")
     os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(meta, f, indent=1)
+    write_text(path, json.dumps(meta, indent=1))
+    write_text(os.path.join(folder, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(os.path.join(folder, "pip_freeze.txt"), packages())
 
 
 class StopRequested:

@@ -36,13 +36,14 @@ def vector_env(envs, workers: bool = False, context: str | None = None) -> gym.v
                                     autoreset_mode=mode)
 
 
-def worker_context(cfg) -> str | None:
+def worker_context(cfg) -> str:
     """How worker processes start: from a fresh server process ('forkserver') when this one
     may hold an OpenGL context (pixels, videos), because a worker forked from a process with
     an EGL context hangs at its first render (measured: walker-walk from pixels); else by
     fork, which is cheaper (10 cartpole workers here: ~1.4 s and ~30 MB each forked, ~5.5 s
-    and ~70 MB each from a forkserver)."""
-    return "forkserver" if cfg.obs == "rgb" or cfg.get("save_video") else None
+    and ~70 MB each from a forkserver). Named, not the platform's default: inside a worker of
+    Hydra's joblib launcher the default is loky's, which cannot pass the environments' pipes."""
+    return "forkserver" if cfg.obs == "rgb" or cfg.get("save_video") else "fork"
 
 
 def _itself(env):
@@ -277,21 +278,12 @@ PLANNER_KEYS = ("plan_horizon", "diffusion_steps", "diffusion_num_samples",
                 "score_only_inference")
 
 
-def evaluate_checkpoint(cfg) -> dict:
-    """scripts/evaluate.py: load ``cfg.checkpoint`` (its network settings and, for a multi-task
-    checkpoint, its task set are taken from it unless given on the command line), run
-    ``eval_episodes`` episodes of ``cfg.task`` (a task, or the checkpoint's whole task set) in
-    lockstep, print mean and std (a per-task table and the normalized score for a set), and
-    append the results to CSVs next to the checkpoint: ``eval_<ckpt>[_<set>].csv`` (one row per
-    task) and ``curve_<ckpt>_<task>.csv`` (``step,reward,seed``, the published curve format)."""
-    import os
-
+def open_checkpoint(cfg) -> tuple[dict, str]:
+    """(state, path) of ``cfg.checkpoint`` for a script that acts with it (evaluate.py,
+    visualize_latents.py): its network settings into ``cfg`` (those given on the command line
+    must agree), its planner settings too unless given, threads and seeds set."""
     from mbdpo import checkpoint as ckpt
-    from mbdpo.config import ConfigError, plan_horizon
-    from mbdpo.logging import CSVLog, save_video
-    from mbdpo.tasks import TASK_SETS
-    from mbdpo.trainers.online import fill_env_dims
-
+    from mbdpo.config import ConfigError
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state = ckpt.load(cfg.checkpoint)  # None: "No checkpoint given: pass checkpoint=..."
@@ -317,6 +309,25 @@ def evaluate_checkpoint(cfg) -> dict:
         print("Planner of the checkpoint's run: " + ", ".join(
             f"{k}={cfg[k]}" for k in adopted) + " (override on the command line).")
     ckpt.seed_everything(cfg.seed)
+    return state, path
+
+
+def evaluate_checkpoint(cfg) -> dict:
+    """scripts/evaluate.py: load ``cfg.checkpoint`` (its network settings and, for a multi-task
+    checkpoint, its task set are taken from it unless given on the command line), run
+    ``eval_episodes`` episodes of ``cfg.task`` (a task, or the checkpoint's whole task set) in
+    lockstep, print mean and std (a per-task table and the normalized score for a set), and
+    append the results to CSVs next to the checkpoint: ``eval_<ckpt>[_<set>].csv`` (one row per
+    task) and ``curve_<ckpt>_<task>.csv`` (``step,reward,seed``, the published curve format)."""
+    import os
+
+    from mbdpo.config import ConfigError, plan_horizon
+    from mbdpo.logging import CSVLog, save_video
+    from mbdpo.tasks import TASK_SETS
+    from mbdpo.trainers.online import fill_env_dims
+
+    state, path = open_checkpoint(cfg)
+    saved = state["config"]
     folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
     step = state.get("step", 0)

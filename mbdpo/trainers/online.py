@@ -139,7 +139,10 @@ class OnlineTrainer(Trainer):
         if result is None:
             return None
         if result["frames"]:
-            save_video(result["frames"], os.path.join(self.dir, "videos", f"{self.step}.mp4"))
+            path = os.path.join(self.dir, "videos", f"{self.step}.mp4")
+            save_video(result["frames"], path)
+            if getattr(self, "logger", None) is not None:
+                self.logger.video(path, self.step)
         return summarise(result)
 
     # -- the loop ---------------------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""Grids of online runs (tasks x seeds) on Hydra's multirun, for scripts/online_parallel_train.py.
+
+The launcher writes ``grid.json`` into the sweep folder and starts Hydra with one job per
+(task, seed) (``task=a,b seed=1,2``); Hydra's launcher plugin (joblib here, submitit on Slurm)
+runs them. Each job is :func:`run_job`: an ordinary run folder trained with ``resume=true``, its
+console in ``<run>/console.log``, its outcome in ``<run>/grid_status.json``. What Hydra does
+not do, and is written here: a GPU slot per job (file locks, at most ``workers_per_gpu`` jobs on
+a GPU), skipping runs that finished, one stop for the whole grid (Ctrl-C / SIGTERM reach the
+launcher, which passes one SIGTERM to each running job: each saves and stops, the jobs not yet
+started do not start), and the table and merged curves at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import time
+import traceback
+
+GRID = "grid.json"
+STATUS = "grid_status.json"
+STOP = "STOP"          # in the sweep folder: the grid was asked to stop
+RUNNING = "running"    # in the sweep folder: <pid> files of the jobs running now
+STOPPED = "stopped by a signal; a re-run resumes it"
+
+
+def steps_for(task: str, steps: dict) -> int:
+    """The environment steps of ``task``: dmc_steps, metaworld_steps or default_steps."""
+    from mbdpo.tasks import get_task
+    suite = get_task(task).suite
+    return int(steps["dmc" if suite == "dmcontrol" else
+                     "metaworld" if suite == "metaworld" else "default"])
+
+
+def read_status(folder: str) -> dict:
+    path = os.path.join(folder, STATUS)
+    if not os.path.exists(path):
+        return {"status": "not run"}
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_status(folder: str, status: dict) -> None:
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, STATUS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(status, f)
+    os.replace(tmp, os.path.join(folder, STATUS))
+
+
+@contextlib.contextmanager
+def gpu_slot(sweep: str, gpus: list[int], per_gpu: int):
+    """A free slot on the GPUs: an exclusive lock on one of len(gpus) x per_gpu lock files,
+    held while the job runs (the kernel drops it if the process dies). Yields the GPU index,
+    or None when the grid runs on the CPU or each job has its own allocation (Slurm)."""
+    if not gpus:
+        yield None
+        return
+    while True:
+        for k in range(len(gpus) * per_gpu):
+            f = open(os.path.join(sweep, f".slot-{k}.lock"), "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            try:
+                yield gpus[k % len(gpus)]  # slot k: GPUs in turn, so that few jobs spread out
+            finally:
+                f.close()
+            return
+        time.sleep(1.0)
+
+
+def say(line: str) -> None:
+    """One line on the launcher's console (the job's own output goes to its console.log)."""
+    print(line, flush=True)
+
+
+def run_job(cfg) -> dict:
+    """The Hydra job of one (task, seed): train it, or skip it if it finished or the grid was
+    asked to stop. Never raises for a failed run: the outcome is in its status file."""
+    from omegaconf import open_dict
+
+    from mbdpo.config import run_dir
+
+    sweep = os.path.dirname(str(cfg.grid_file))
+    with open(cfg.grid_file) as f:
+        spec = json.load(f)
+    with open_dict(cfg):
+        del cfg["grid_file"]
+        cfg.steps, cfg.resume = steps_for(cfg.task, spec["steps"]), True
+        if spec.get("threads") and cfg.threads is None:
+            cfg.threads = spec["threads"]
+    folder, name = run_dir(cfg), f"{cfg.task} seed {cfg.seed}"
+    old = read_status(folder)
+    if old["status"] == "finished" and old.get("steps") == cfg.steps:
+        say(f"[grid] {name}: finished before, skipped")
+        return old
+    if os.path.exists(os.path.join(sweep, STOP)):
+        return {"status": "not run"}
+    if os.getpid() != spec["launcher_pid"]:
+        # a worker process of the launcher: out of the terminal's process group, so that
+        # Ctrl-C reaches the launcher alone, which passes one SIGTERM to each job
+        with contextlib.suppress(OSError):
+            os.setpgrp()
+    pidfile = os.path.join(sweep, RUNNING, str(os.getpid()))
+    os.makedirs(os.path.dirname(pidfile), exist_ok=True)
+    status = {"task": str(cfg.task), "seed": int(cfg.seed), "steps": int(cfg.steps)}
+    os.makedirs(folder, exist_ok=True)
+    start = time.time()
+    # until the training loop takes them over (while environments start), a stop signal
+    # ends the job as Ctrl-C does, not the worker process
+    old_handlers = {s: signal.signal(s, signal.default_int_handler)
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = _train(cfg, spec, sweep, folder, name, pidfile, status)
+    except KeyboardInterrupt:  # before the run started (waiting for a GPU slot)
+        status.update(status="stopped", error=STOPPED)
+        open(os.path.join(sweep, STOP), "w").close()
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    status["minutes"] = round((time.time() - start) / 60, 2)
+    write_status(folder, status)
+    say(f"[grid] {name}: {status['status']} after {status['minutes']:.1f} min"
+        + (f", last evaluation {status['return']:.1f}" if "return" in status else "")
+        + (f" ({status['error']})" if status.get("error") else ""))
+    return status
+
+
+def _train(cfg, spec, sweep, folder, name, pidfile, status) -> dict:
+    from omegaconf import open_dict
+
+    from mbdpo.cli import USER_ERRORS
+    from mbdpo.config import parse_cfg
+    from mbdpo.trainers.online import OnlineTrainer
+    with gpu_slot(sweep, spec["gpus"], spec["workers_per_gpu"]) as gpu:
+        if gpu is not None:
+            with open_dict(cfg):
+                cfg.device = f"cuda:{gpu}"
+        say(f"[grid] {name}: started on {cfg.device if gpu is not None else spec['where']}, "
+            f"{cfg.steps:,} steps; console in {os.path.join(folder, 'console.log')}")
+        with open(pidfile, "w"), open(os.path.join(folder, "console.log"), "a") as log, \
+                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                OnlineTrainer(parse_cfg(cfg)).train()
+                status["status"] = "finished"
+                last = last_evaluation(folder)
+                if last is not None:
+                    status["return"] = last
+            except USER_ERRORS as err:
+                print(f"error: {err}", flush=True)
+                status.update(status="failed", error=str(err))
+            except (KeyboardInterrupt, SystemExit) as err:
+                status.update(status="stopped", error=STOPPED)
+                if not isinstance(err, SystemExit) or err.code == 130:
+                    open(os.path.join(sweep, STOP), "w").close()
+            except Exception as err:  # the table reports it; the other jobs go on
+                traceback.print_exc()
+                status.update(status="failed", error=f"{type(err).__name__}: {err}")
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(pidfile)
+    return status
+
+
+def last_evaluation(folder: str) -> float | None:
+    from mbdpo.curves import run_curve
+    points = run_curve(folder)
+    return points[-1][1] if points else None
+
+
+class StopGrid:
+    """In the launcher: the first Ctrl-C or SIGTERM writes STOP and sends one SIGTERM to each
+    running job (each saves and stops; jobs not started see STOP and do not start); a second
+    one raises KeyboardInterrupt, which ends the launcher's pool at once."""
+
+    def __init__(self, sweep: str):
+        self.sweep, self.signum, self._old = sweep, None, {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.forward()
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        open(os.path.join(self.sweep, STOP), "w").close()
+        say("\n[grid] stopping: each running job saves and stops (a second Ctrl-C stops at "
+            "once); the same command continues the grid.")
+
+    def forward(self):
+        running = os.path.join(self.sweep, RUNNING)
+        for pid in os.listdir(running) if os.path.isdir(running) else []:
+            with contextlib.suppress(ValueError, OSError):
+                if int(pid) != os.getpid():  # a job run in this process has the signal
+                    os.kill(int(pid), signal.SIGTERM)
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def report(jobs: list[tuple[str, int]], work_dir: str, exp_name: str, results: str) -> int:
+    """The table of every job's outcome and the merged curves; the number of runs that did
+    not finish."""
+    from types import SimpleNamespace
+
+    from mbdpo.config import run_dir
+    from mbdpo.curves import write_curve
+    bad, by_task = 0, {}
+    say(f"\n{'task':<26} {'seed':>4}  {'outcome':<9} {'minutes':>8}  last evaluation / error")
+    for task, seed in jobs:
+        folder = run_dir(SimpleNamespace(work_dir=work_dir, task=task, seed=seed,
+                                         exp_name=exp_name))
+        by_task.setdefault(task, {})[seed] = folder
+        st = read_status(folder)
+        bad += st["status"] != "finished"
+        tail = (f"{st['return']:.1f}" if "return" in st else "") or st.get("error", "")
+        minutes = f"{st['minutes']:.1f}" if "minutes" in st else ""
+        say(f"{task:<26} {seed:>4}  {st['status']:<9} {minutes:>8}  {tail}")
+    for task, folders in by_task.items():
+        write_curve(os.path.join(results, f"{task}.csv"), folders)
+    say(f"{len(jobs) - bad} of {len(jobs)} runs finished; curves in {results}/<task>.csv")
+    return bad

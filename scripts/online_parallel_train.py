@@ -1,0 +1,203 @@
+"""Online runs of many tasks x seeds, the published command, on Hydra's multirun:
+
+    python scripts/online_parallel_train.py --config cfgs/online_parallel_config.yaml
+    python scripts/online_parallel_train.py --config cfgs/online_parallel_config.yaml \\
+        tasks=[walker-walk,cheetah-run] seeds=[1,2] num_gpus=0 workers_per_gpu=2 \\
+        common_overrides=[threads=1]
+    python scripts/online_parallel_train.py --config cfgs/online_parallel_config.yaml \\
+        launcher=submitit_slurm hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1
+
+One Hydra job per (task, seed), each an ordinary run folder (<work_dir>/<task>/<seed>/<exp_name>)
+trained with resume=true: a re-run skips the runs that finished and continues the others. On
+this machine Hydra's joblib launcher runs len(GPUs) x workers_per_gpu jobs at once, each on a
+GPU slot of its own (at most workers_per_gpu jobs per GPU; on the CPU, workers_per_gpu jobs);
+with submitit each job is its own Slurm allocation. A job that fails is reported in the table
+at the end without stopping the others; the evaluation curves of every task are merged into
+<results_dir>/<task>.csv (step,reward,seed, the published format). Needs the launchers extra:
+pip install -e '.[launchers]'.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# Keys of the published file that this project has no use for (its replay export, compile
+# modes, its subprocess entry): accepted and named once, so that the published file runs as is.
+IGNORED = ("compile_mode", "diffusion_eval_compile", "diffusion_eval_compile_mode",
+           "save_replay", "replay_save_dir", "replay_flush_every_episodes",
+           "replay_include_terminated", "save_reward_csv", "csv_eval_freq",
+           "merge_cleanup_temp", "python_bin", "train_entry", "save_agent",
+           "wandb_name_template")
+# Published per-run settings of its train.py that are launcher keys here.
+RENAMED = {"online_save_root": "work_dir", "reward_csv_dir": "results_dir"}
+LAUNCHERS = {"joblib": "hydra_plugins.hydra_joblib_launcher",
+             "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+             "submitit_local": "hydra_plugins.hydra_submitit_launcher"}
+PER_JOB = ("obs", "compile", "eval_freq", "save_model_every", "exp_name", "save_video",
+           "enable_wandb", "work_dir")
+
+
+def fail(sentence: str):
+    print(f"error: {sentence}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def read_config(argv: list[str]):
+    """(grid settings, Hydra overrides of the launcher) from the command line."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    parser = argparse.ArgumentParser(
+        description="Online runs of many tasks x seeds on Hydra's multirun. Settings: the keys "
+                    "of cfgs/online_parallel_config.yaml as key=value; hydra.* go to Hydra.")
+    parser.add_argument("--config", default=os.path.join(ROOT, "cfgs",
+                                                         "online_parallel_config.yaml"))
+    parser.add_argument("--num_gpus", type=int, default=None)
+    parser.add_argument("--tasks", nargs="*", default=None)
+    parser.add_argument("--replay_save_dir", default=None, help="published; ignored here")
+    args, rest = parser.parse_known_args(argv)
+    if args.tasks:  # --tasks a b key=value: the key=value after the task names are settings
+        rest += [t for t in args.tasks if "=" in t]
+        args.tasks = [t for t in args.tasks if "=" not in t]
+    if not os.path.isfile(args.config):
+        fail(f"{args.config} does not exist: pass --config with the launcher's YAML file "
+             "(cfgs/online_parallel_config.yaml is the example).")
+    default = OmegaConf.load(os.path.join(ROOT, "cfgs", "online_parallel_config.yaml"))
+    try:
+        cfg = OmegaConf.load(args.config)
+        ours = [a for a in rest if not a.lstrip("+").startswith("hydra")]
+        bad = [a for a in ours if "=" not in a]
+        if bad:
+            fail(f"{bad[0]}: expected key=value (the keys of {args.config}).")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(ours))
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        fail(f"{args.config} or a key=value after it cannot be read as YAML: "
+             f"{' '.join(str(err).split())}")
+    unknown = [k for k in cfg if k not in default and k not in IGNORED]
+    if unknown:
+        fail(f"unknown key {unknown[0]!r}: the keys are those of "
+             "cfgs/online_parallel_config.yaml.")
+    ignored = [k for k in cfg if k in IGNORED]
+    if ignored:
+        print(f"note: {', '.join(ignored)} (keys of the published launcher) have no use here "
+              "and are ignored.", flush=True)
+    cfg = OmegaConf.merge(default, OmegaConf.masked_copy(cfg, [k for k in cfg
+                                                               if k not in IGNORED]))
+    if args.num_gpus is not None:
+        cfg.num_gpus, cfg.gpu_ids = args.num_gpus, []
+    if args.tasks:
+        cfg.tasks = args.tasks
+    overrides = []
+    for o in cfg.common_overrides:
+        key, _, value = str(o).partition("=")
+        if key in RENAMED:
+            if value in ("", "???"):
+                fail(f"common_overrides: {key}=??? must be given a folder (here it sets "
+                     f"{RENAMED[key]}).")
+            cfg[RENAMED[key]] = value
+        else:
+            overrides.append(str(o))
+    if cfg.launcher not in LAUNCHERS:
+        fail(f"launcher={cfg.launcher}: expected one of {', '.join(LAUNCHERS)}.")
+    if importlib.util.find_spec(LAUNCHERS[cfg.launcher]) is None:
+        fail(f"launcher={cfg.launcher} needs Hydra's launcher plugins: pip install -e "
+             "'.[launchers]'.")
+    if int(cfg.workers_per_gpu) < 1:
+        fail(f"workers_per_gpu={cfg.workers_per_gpu}: at least 1 job at a time.")
+    from mbdpo.cli import CONFIG_DIR, check_overrides
+    check_overrides(overrides, CONFIG_DIR)  # one sentence for a mistyped setting
+    hydra_args = [a for a in rest if a.lstrip("+").startswith("hydra")]
+    return cfg, overrides, hydra_args
+
+
+def tasks_of(cfg) -> list[str]:
+    from mbdpo.tasks import TASK_SETS, UnknownTaskError, get_task
+    if cfg.tasks:
+        tasks = [str(t) for t in cfg.tasks]
+    elif cfg.task_set in TASK_SETS:
+        tasks = list(TASK_SETS[cfg.task_set])
+    else:
+        fail(f"task_set={cfg.task_set}: expected one of {', '.join(TASK_SETS)}, or list "
+             "tasks=[...].")
+    for t in tasks:
+        try:
+            get_task(t)
+        except UnknownTaskError as err:
+            fail(str(err))
+    return tasks
+
+
+def main():
+    cfg, overrides, hydra_args = read_config(sys.argv[1:])
+    tasks, seeds = tasks_of(cfg), [int(s) for s in cfg.seeds]
+    if not seeds:
+        fail("seeds=[]: list at least one seed.")
+    local = cfg.launcher == "joblib"
+    gpus = ([int(g) for g in cfg.gpu_ids] if cfg.gpu_ids else
+            list(range(int(cfg.num_gpus)))) if local else []
+    slots = max(1, len(gpus)) * int(cfg.workers_per_gpu)
+    sweep = os.path.abspath(os.path.join(str(cfg.work_dir), "multirun", str(cfg.exp_name)))
+    os.makedirs(sweep, exist_ok=True)
+    from mbdpo import grid
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(sweep, grid.STOP))
+    threads = (max(1, (os.cpu_count() or 1) // slots) if local and not gpus else None)
+    spec = {"steps": {"dmc": int(cfg.dmc_steps), "metaworld": int(cfg.metaworld_steps),
+                      "default": int(cfg.default_steps)},
+            "gpus": gpus, "workers_per_gpu": int(cfg.workers_per_gpu), "threads": threads,
+            "where": "the CPU" if local and not gpus else cfg.launcher,
+            "launcher_pid": os.getpid()}
+    grid_file = os.path.join(sweep, grid.GRID)
+    with open(grid_file, "w") as f:
+        json.dump(spec, f, indent=1)
+    jobs = [(t, s) for t in tasks for s in seeds]
+    where = f"GPUs {gpus}" if gpus else ("the CPU" if local else cfg.launcher)
+    print(f"[grid] {len(jobs)} runs ({len(tasks)} tasks x {len(seeds)} seeds), "
+          f"{slots if local else 'all'} at once on {where}; sweep folder {sweep}", flush=True)
+    argv = ["--multirun", f"task={','.join(tasks)}", f"seed={','.join(map(str, seeds))}",
+            f"+grid_file={grid_file}", f"hydra/launcher={cfg.launcher}",
+            f"hydra.sweep.dir={sweep}",
+            *[f"{k}={str(cfg[k]).lower() if isinstance(cfg[k], bool) else cfg[k]}"
+              for k in PER_JOB], *overrides, *hydra_args]
+    if local:
+        argv.append(f"hydra.launcher.n_jobs={slots}")
+    sys.argv = [sys.argv[0]] + argv
+    stopped = False
+    with grid.StopGrid(sweep) as stop:
+        try:
+            hydra_main()
+        except KeyboardInterrupt:
+            stop.forward()
+            print("\n[grid] stopped at once; the same command continues the grid.",
+                  file=sys.stderr, flush=True)
+        stopped = stop.signum is not None or os.path.exists(os.path.join(sweep, grid.STOP))
+    bad = grid.report(jobs, str(cfg.work_dir), str(cfg.exp_name), str(cfg.results_dir))
+    if stopped:
+        print("[grid] stopped: the same command continues it (finished runs are skipped).",
+              flush=True)
+        raise SystemExit(130)
+    raise SystemExit(1 if bad else 0)
+
+
+def hydra_main():
+    import hydra
+
+    from mbdpo.cli import CONFIG_DIR
+    from mbdpo.grid import run_job
+
+    @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)
+    def job(cfg):
+        return run_job(cfg)
+
+    job()
+
+
+if __name__ == "__main__":
+    main()
