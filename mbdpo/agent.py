@@ -134,6 +134,63 @@ class MBDPO:
         return self.update_fn(batch["obs"], batch["action"], batch["reward"],
                               batch["terminated"], batch.get("task"))
 
+    @torch.no_grad()
+    def diagnostics(self, obs, action, reward, terminated, task=None) -> dict:
+        """The paper's diagnostics (Figs. 3, 21, 22) on one episode the agent acted in: obs
+        (L+1, ...), action (L, A), reward (L,), terminated (L,). With Q = the mean of every
+        ensemble member and Q' = that of the targets, in eval mode; the run's random streams
+        are untouched:
+        ``td_error``: mean |Q(z_t, a_t) - (r_t + gamma Q'(z_t+1, mu_pi(z_t+1)))|, the TD error
+        with the policy prior's actions, the policy the value is trained with;
+        ``cross_td_error``: the same with the action the agent (the planner) took next,
+        a_t+1, in place of mu_pi(z_t+1): the value's TD error on the acting policy's own
+        trajectory (t < L-1);
+        ``action_drift``: mean over steps and used action dimensions of |a_t - mu_pi(z_t)|,
+        how far the planner's actions are from the policy prior's;
+        ``elite_spread``: the planner's elites' spread around their weighted mean at the last
+        denoising step (root mean squared distance per action entry), planning from a cold
+        start at up to 8 states of the episode: how concentrated its search ends."""
+        m = self.model
+        was = m.training
+        m.eval()
+        try:
+            dev = self.device
+            obs, action = obs.to(dev).float(), action.to(dev).float()
+            reward, term = reward.to(dev).float(), terminated.to(dev).float()
+            L = action.shape[0]
+            t = None if task is None else torch.full((L + 1,), int(task), device=dev)
+            e, mask = m.embed(t), m.action_mask(t)
+            z = m.encode(obs, e)  # (L+1, latent)
+            e0 = None if e is None else e[:L]
+            e1 = None if e is None else e[1:]
+            mu = m.pi_mean(z, e, mask)  # (L+1, A)
+
+            def q(zz, a, ee, target=False):
+                return m.two_hot.decode(m.Q_logits(zz, a, ee, target=target)).mean(0)
+
+            disc = self._discount(None if task is None else t[:1], 1).reshape(())
+            now = q(z[:L], action, e0)
+            boot = disc * (1 - term)
+            td = (now - (reward + boot * q(z[1:], mu[1:], e1, target=True))).abs()
+            cross = (now[:-1] - (reward[:-1] + boot[:-1] * q(
+                z[1:L], action[1:], None if e is None else e[1:L], target=True))).abs()
+            used = action.shape[-1] if mask is None else mask[:L].sum(-1)
+            drift = ((action - mu[:L]).abs().sum(-1) / used).mean()
+            # the planner from a cold start at up to 8 states of the episode, its random
+            # numbers drawn in a fork of the generators
+            pick = torch.linspace(0, L - 1, min(8, L), device=dev).round().long()
+            H, A = self.planner.H, action.shape[-1]
+            forked = [dev.index or 0] if dev.type == "cuda" else []
+            with torch.random.fork_rng(devices=forked), self.autocast(plan=True):
+                _, spread = self.planner.plan(
+                    z[pick], None if e is None else e[pick], None if mask is None else
+                    mask[pick], self._discount(None if t is None else t[pick], len(pick)),
+                    torch.zeros(len(pick), H, A, device=dev), spread=True)
+            return {"td_error": float(td.mean()), "cross_td_error": float(cross.mean()),
+                    "action_drift": float(drift), "elite_spread": float(spread.mean())}
+        finally:
+            m.train(was)
+
     def _update(self, obs, action, reward, terminated, task):
         m, cfg = self.model, self.cfg
         m.train()

@@ -141,7 +141,8 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     _check(isinstance(cfg.utd, (int, float)) and not isinstance(cfg.utd, bool) and cfg.utd > 0,
            "utd", cfg.utd, "expected a number > 0 (updates per environment step)")
     for key in ("multitask", "use_score_network", "score_only_inference", "resume",
-                "save_video", "save_replay", "enable_wandb", "compile", "cuda_graphs", "async_envs",
+                "save_video", "save_replay", "enable_wandb", "enable_tensorboard", "compile",
+                "cuda_graphs", "async_envs",
                 "load_checkpoint", "compare_scratch", "overwrite"):
         _bool(cfg, key)
     if cfg.compile and cfg.cuda_graphs:

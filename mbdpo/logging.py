@@ -85,7 +85,7 @@ class Logger:
         processes of a torchrun run other than rank 0) writes nothing."""
         self.cfg, self.dir = cfg, run_dir
         self.start = time.time()
-        self.wandb = None
+        self.wandb = self.tensorboard = None
         self.csv = {}
         if not enabled:
             return
@@ -94,14 +94,31 @@ class Logger:
                     "eval": CSVLog(os.path.join(run_dir, "eval.csv"), resume_eval_step)}
         if cfg.enable_wandb and cfg.wandb_mode != "disabled":
             self.wandb = _init_wandb(cfg, run_dir, resume=resume_step is not None)
+        if cfg.get("enable_tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from mbdpo.config import ConfigError
+                raise ConfigError("enable_tensorboard=true needs the tensorboard package: pip "
+                                  "install -e '.[tensorboard]', or drop enable_tensorboard.")
+            # purge_step: on resume, events past the checkpoint's step are dropped, as the CSVs'
+            self.tensorboard = SummaryWriter(os.path.join(run_dir, "tensorboard"),
+                                             purge_step=None if resume_step is None
+                                             else resume_step + 1)
 
     def log(self, name: str, row: dict, step: int) -> None:
         if name not in self.csv:
             return
         self.csv[name].write(row)
+        values = {f"{name}/{k}": v.item() if hasattr(v, "item") else v
+                  for k, v in row.items() if k != "step"}
         if self.wandb is not None:  # numbers as numbers (wandb plots no strings)
-            self.wandb.log({f"{name}/{k}": v.item() if hasattr(v, "item") else v
-                            for k, v in row.items() if k != "step"}, step=step)
+            self.wandb.log(values, step=step)
+        if self.tensorboard is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tensorboard.add_scalar(k, v, step)
+            self.tensorboard.flush()
 
     def video(self, path: str, step: int) -> None:
         """An evaluation video (an mp4 already written) to wandb, as media."""
@@ -120,6 +137,8 @@ class Logger:
     def finish(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _init_wandb(cfg, run_dir: str, resume: bool):

@@ -67,10 +67,12 @@ class DiffusionPlanner:
         return J, (torch.stack(acts, 2) if num_pi else X)
 
     # -- one denoising step --------------------------------------------------------------
-    def weighted_mean(self, z, e, mask, discount, x, abar):
+    def weighted_mean(self, z, e, mask, discount, x, abar, with_spread: bool = False):
         """Draw K candidates around x/sqrt(ᾱ) (the first P of them fresh rollouts of the
         policy prior), score all of them in one call, return the softmax-weighted mean of the
-        elites X̄ (E, H, A). ``abar`` is a scalar or (E, 1, 1, 1); mask is (E, 1, A) or None."""
+        elites X̄ (E, H, A). ``abar`` is a scalar or (E, 1, 1, 1); mask is (E, 1, A) or None.
+        ``with_spread`` (diagnostics, eager): also the elites' spread around X̄ (E,), the
+        square root of their weighted mean squared distance per action entry."""
         E = x.shape[0]
         eps = torch.randn(E, self.K - self.P, self.H, self.A, device=x.device)
         X = (x.unsqueeze(1) / abar.sqrt() + ((1 - abar) / abar).sqrt() * eps).clamp(-1, 1)
@@ -81,7 +83,11 @@ class DiffusionPlanner:
         elite_J, idx = torch.topk(J, self.num_elites, dim=1)  # (E, n_elites)
         elites = torch.gather(X, 1, idx[:, :, None, None].expand(-1, -1, self.H, self.A))
         w = torch.softmax(elite_J / self.temperature, dim=1)
-        return (w[:, :, None, None] * elites).sum(1)
+        mean = (w[:, :, None, None] * elites).sum(1)
+        if not with_spread:
+            return mean
+        dev = (elites - mean.unsqueeze(1)).pow(2).mean((2, 3))  # (E, n_elites)
+        return mean, (w * dev).sum(1).sqrt()
 
     # -- the planner -----------------------------------------------------------------------
     @staticmethod
@@ -91,18 +97,24 @@ class DiffusionPlanner:
                 discount.unsqueeze(1))
 
     @torch.no_grad()
-    def plan(self, z, e, mask, discount, mu_warm):
+    def plan(self, z, e, mask, discount, mu_warm, spread: bool = False):
         """Denoise from the warm start to a plan. z (E, L); e (E, T) or None; mask (E, A) or
-        None; discount (E,); mu_warm (E, H, A). Returns the plan (E, H, A) in [-1, 1]."""
+        None; discount (E,); mu_warm (E, H, A). Returns the plan (E, H, A) in [-1, 1]; with
+        ``spread`` (diagnostics: eager steps) and the elites' spread (E,) at the last step."""
         e, mask, discount = self._per_env(e, mask, discount)
         N = len(self.alphas_bar)
         x = self.alphas_bar[N - 1].sqrt() * mu_warm
+        last = torch.zeros(x.shape[0], device=x.device)
         for i in range(N - 1, 0, -1):
             abar = self.alphas_bar[i]
-            x_bar = self.weighted_mean(z, e, mask, discount, x, abar)
+            if spread:  # the class's eager step (the instance's may be compiled)
+                x_bar, last = DiffusionPlanner.weighted_mean(self, z, e, mask, discount, x,
+                                                             abar, with_spread=True)
+            else:
+                x_bar = self.weighted_mean(z, e, mask, discount, x, abar)
             score = self.score_from_mean(x, x_bar, abar)  # Monte-Carlo score estimate
             x = (x + (1 - abar) * score) / self.alphas[i].sqrt()
-        return x.clamp(-1, 1)
+        return (x.clamp(-1, 1), last) if spread else x.clamp(-1, 1)
 
     @staticmethod
     def score_from_mean(x, x_bar, abar):

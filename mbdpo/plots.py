@@ -47,8 +47,10 @@ def read_curve_csv(path: str, curves: Curves, task: str | None = None) -> None:
             curves.add(task, int(r.get("seed") or 1), int(float(r["step"])), float(r[value]))
 
 
-def read_run(folder: str, curves: Curves) -> None:
-    """A run folder of train.py (its eval.csv, task and seed from metadata.json)."""
+def read_run(folder: str, curves: Curves, metric: str | None = None) -> None:
+    """A run folder of train.py: its evaluation curve (eval.csv), or with ``metric`` a column
+    of its train.csv (a loss, ``td_error``, ``cross_td_error``, ``action_drift``, ...; rows
+    where it is empty skipped); task and seed from metadata.json."""
     from mbdpo.curves import run_curve
     meta = os.path.join(folder, "metadata.json")
     if not os.path.exists(meta):
@@ -59,14 +61,26 @@ def read_run(folder: str, curves: Curves) -> None:
     if len(m.get("tasks", [m["task"]])) > 1:
         raise PlotInputError(f"{folder} is a multi-task run: plot its eval_tasks.csv with "
                              "bars=... instead.")
-    for step, value in run_curve(folder):
+    if metric is None:
+        points = run_curve(folder)
+    else:
+        path, rows = os.path.join(folder, "train.csv"), []
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        if rows and metric not in rows[0]:
+            raise PlotInputError(f"{path} has no column {metric!r}: it has "
+                                 f"{', '.join(k for k in rows[0] if k != 'step')}.")
+        points = [(int(float(r["step"])), float(r[metric])) for r in rows if r.get(metric)]
+    for step, value in points:
         curves.add(str(m["task"]), int(m["seed"]), step, value)
 
 
-def load(spec: str) -> Curves:
+def load(spec: str, metric: str | None = None) -> Curves:
     """``[label=]path``: a run folder, a curve CSV, or a folder of either (e.g. the published
     results/mbdpo or logs/walker-walk). The label defaults to the run's exp_name, or the
-    folder holding the CSVs."""
+    folder holding the CSVs. With ``metric``, a column of the runs' train.csv instead (run
+    folders only)."""
     label, _, path = ("", "", spec) if os.path.exists(spec) else spec.partition("=")
     if not _:
         label, path = "", spec
@@ -75,22 +89,25 @@ def load(spec: str) -> Curves:
         raise PlotInputError(f"{path} does not exist: give run folders, curve CSVs or "
                              "folders of them.")
     if os.path.isfile(path):
+        if metric is not None:
+            raise PlotInputError(f"{path}: a curve file holds returns only; --metric {metric} "
+                                 "reads the train.csv of run folders.")
         curves = Curves(label or os.path.basename(os.path.dirname(os.path.abspath(path))))
         read_curve_csv(path, curves)
         return curves
     if os.path.exists(os.path.join(path, "metadata.json")):
         curves = Curves(label or os.path.basename(path))
-        read_run(path, curves)
+        read_run(path, curves, metric)
         return curves
     curves = Curves(label or os.path.basename(path))
     for root, dirs, files in os.walk(path):
         dirs.sort()
         if "metadata.json" in files:
-            read_run(root, curves)
+            read_run(root, curves, metric)
             dirs.clear()
         else:
             for f in sorted(files):
-                if f.endswith(".csv"):
+                if f.endswith(".csv") and metric is None:
                     read_curve_csv(os.path.join(root, f), curves)
     if not curves.tasks:
         raise PlotInputError(f"{path} holds no run folder and no curve CSV.")
@@ -168,7 +185,7 @@ def _figure(n_panels: int, cols: int, size=(4.0, 3.0)):
 
 
 def curves_figure(methods: list[Curves], tasks: list[str] | None = None,
-                  max_step: int | None = None, cols: int = 4):
+                  max_step: int | None = None, cols: int = 4, metric: str | None = None):
     """One panel per task: per method the mean over seeds (a line, label = method) and its 95%
     bootstrap interval (a band)."""
     tasks = tasks or sorted({t for m in methods for t in m.tasks})
@@ -184,7 +201,7 @@ def curves_figure(methods: list[Curves], tasks: list[str] | None = None,
             ax.fill_between(steps, lo, hi, color=f"C{k}", alpha=0.2, linewidth=0)
         ax.set_title(task)
         ax.set_xlabel("environment steps")
-        ax.set_ylabel("success (%)" if has_success(task) else "return")
+        ax.set_ylabel(metric or ("success (%)" if has_success(task) else "return"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -113,6 +113,12 @@ class WorldModel(nn.Module):
         dims = mean.shape[-1] if mask is None else mask.sum(-1, keepdim=True)
         return action, log_prob * dims, mu
 
+    def pi_mean(self, z, e, mask=None):
+        """The policy prior's mean action tanh(mean), drawing no noise (masked dims zero)."""
+        mean = self.pi_head(self._cat(z, self._rows(e, z))).chunk(2, dim=-1)[0]
+        mu = torch.tanh(mean.float())
+        return mu if mask is None else mu * mask
+
     def Q_logits(self, z, a, e, idx=None, target=False, detach=False):
         """Logits of the ensemble members ``idx`` (all when None): (n, ..., num_bins)."""
         x = self._cat(z, a, self._rows(e, z))

@@ -4,6 +4,7 @@
     python scripts/plot.py ours=benchmarks/results/learning tdmpc2=PATH/results/tdmpc2 \\
         --tasks cartpole-balance,cartpole-swingup --max_step 100000 --out plots/cartpole
     python scripts/plot.py --bars logs/mt80/1/default/eval_tasks.csv --out plots/mt80
+    python scripts/plot.py logs/walker-walk --metric cross_td_error --out plots/cross_td
 
 Sources are run folders of train.py, curve CSVs in the published format (step,reward,seed: ours
 in benchmarks/results/learning, the published MBDPO / TD-MPC2 / DreamerV3 results/<method>/),
@@ -32,6 +33,9 @@ def main(argv=None) -> list[str]:
     p.add_argument("--tasks", default=None, help="comma-separated tasks to plot (default: all)")
     p.add_argument("--max_step", type=int, default=None, help="plot steps up to this one")
     p.add_argument("--cols", type=int, default=4, help="panels per row")
+    p.add_argument("--metric", default=None, help="a column of the runs' train.csv to plot "
+                   "instead of the evaluation return (e.g. cross_td_error, action_drift, "
+                   "value_loss); run folders only, no IQM figure")
     p.add_argument("--bars", nargs="*", default=[], help="multi-task evaluation CSVs "
                    "(eval_tasks.csv, eval_<ckpt>_<set>.csv), one per seed")
     args = p.parse_args(argv)
@@ -40,16 +44,17 @@ def main(argv=None) -> list[str]:
     written = []
     try:
         if args.sources:
-            methods = plots.merge([plots.load(s) for s in args.sources])
+            methods = plots.merge([plots.load(s, args.metric) for s in args.sources])
             tasks = args.tasks.split(",") if args.tasks else None
             missing = [t for t in tasks or [] if not any(t in m.tasks for m in methods)]
             if missing:
                 raise plots.PlotInputError(f"no source has a curve of {', '.join(missing)}: "
                                            "check --tasks.")
             written += plots.save(plots.curves_figure(methods, tasks, args.max_step,
-                                                      args.cols), args.out)
-            written += plots.save(plots.iqm_figure(methods, tasks, args.max_step),
-                                  args.out + "_iqm")
+                                                      args.cols, args.metric), args.out)
+            if args.metric is None:
+                written += plots.save(plots.iqm_figure(methods, tasks, args.max_step),
+                                      args.out + "_iqm")
         if args.bars:
             scores: dict[str, list[float]] = {}
             for path in args.bars:

@@ -577,3 +577,59 @@ def test_compile_failure_falls_back_to_eager():
     with pytest.warns(UserWarning, match="torch.compile of branchy failed.*compile=false"):
         assert f(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
     assert f.failed and f(-torch.ones(2)).tolist() == [-2.0, -2.0]
+
+
+def test_diagnostics_of_an_episode(small_cfg):
+    """td_error, cross_td_error and action_drift of one episode, computed by hand; zero drift
+    and cross TD error equal to TD error when the agent acts with the policy prior's mean; the
+    planner's elite spread, ~0 with a max over the elites; the random streams untouched; the
+    model's mode kept."""
+    torch.manual_seed(0)
+    agent = MBDPO(small_cfg)
+    for _ in range(3):  # weights that are not the initial ones
+        agent.update(fixed_batch(small_cfg))
+    g = torch.Generator().manual_seed(1)
+    L, m = 6, agent.model
+    obs = torch.randn(L + 1, small_cfg.obs_dim, generator=g)
+    action = torch.rand(L, small_cfg.action_dim, generator=g) * 2 - 1
+    reward = torch.rand(L, generator=g)
+    term = torch.zeros(L)
+    m.train()
+    rng = torch.get_rng_state()
+    d = agent.diagnostics(obs, action, reward, term)
+    assert torch.equal(torch.get_rng_state(), rng) and m.training
+    with torch.no_grad():
+        m.eval()
+        z = m.encode(obs, None)
+        mu = torch.tanh(m.pi_head(z).chunk(2, dim=-1)[0])
+        gamma = agent.discounts[0]
+
+        def q(i, a, target=False):  # the mean over every ensemble member, one state
+            logits = m.Q_logits(z[i:i + 1], a[None], None, target=target)[:, 0]
+            return m.two_hot.decode(logits).mean()
+        td = [abs(q(i, action[i]) - reward[i] - gamma * q(i + 1, mu[i + 1], True))
+              for i in range(L)]
+        cross = [abs(q(i, action[i]) - reward[i] - gamma * q(i + 1, action[i + 1], True))
+                 for i in range(L - 1)]
+        m.train()
+    assert d["td_error"] == pytest.approx(float(torch.stack(td).mean()), rel=1e-5)
+    assert d["cross_td_error"] == pytest.approx(float(torch.stack(cross).mean()), rel=1e-5)
+    assert d["action_drift"] == pytest.approx(float((action - mu[:L]).abs().mean()), rel=1e-5)
+    assert d["cross_td_error"] != pytest.approx(d["td_error"], rel=1e-3)
+    # the elites' spread: positive, and ~0 when the softmax over the elites is a max
+    assert d["elite_spread"] > 1e-3
+    agent.planner.temperature = 1e-6
+    assert agent.diagnostics(obs, action, reward, term)["elite_spread"] < 1e-6
+    agent.planner.temperature = small_cfg.diffusion_temperature
+    assert torch.equal(torch.get_rng_state(), rng)
+    # acting with the prior's mean: no drift, and the cross TD error is the TD error
+    d = agent.diagnostics(obs, mu[:L], reward, term)
+    assert d["action_drift"] < 1e-6
+    with torch.no_grad():
+        m.eval()
+        td_mu = [abs(q(i, mu[i]) - reward[i] - gamma * q(i + 1, mu[i + 1], True))
+                 for i in range(L)]
+        m.train()
+    assert d["td_error"] == pytest.approx(float(torch.stack(td_mu).mean()), rel=1e-5)
+    assert d["cross_td_error"] == pytest.approx(float(torch.stack(td_mu[:-1]).mean()),
+                                                rel=1e-5)

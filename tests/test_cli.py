@@ -36,7 +36,8 @@ def test_train_writes_csvs_and_checkpoints(state_run):
     assert "episode_success" not in ev[0]  # DMControl reports no success
     # episode rows carry the last update's outputs: none before the first update (step 500)
     stats = ("consistency_loss", "reward_loss", "value_loss", "energy_loss", "pi_loss",
-             "total_loss", "grad_norm", "td_target", "q_scale", "energy_mean", "energy_std")
+             "total_loss", "grad_norm", "td_target", "q_scale", "energy_mean", "energy_std",
+             "td_error", "cross_td_error", "action_drift", "elite_spread")
     assert all(train[0][k] == "" for k in stats)
     values = {k: float(train[1][k]) for k in stats}
     assert all(v == v and abs(v) < 1e6 for v in values.values()), values
@@ -347,10 +348,10 @@ def wandb_history(path: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_wandb_offline_holds_the_csvs_numbers_and_the_video(tmp_path):
+def test_wandb_and_tensorboard_hold_the_csvs_numbers_and_wandb_the_video(tmp_path):
     cli("train.py", "task=cartpole-balance", "steps=1000", "seed_steps=500", "eval_freq=1000",
         "save_model_every=0", f"work_dir={tmp_path}", "exp_name=wb", "enable_wandb=true",
-        "wandb_mode=offline", "save_video=true", *TINY)
+        "wandb_mode=offline", "save_video=true", "enable_tensorboard=true", *TINY)
     run = os.path.join(str(tmp_path), "cartpole-balance", "1", "wb")
     runs = [d for d in os.listdir(os.path.join(run, "wandb")) if d.startswith("offline-run")]
     assert len(runs) == 1
@@ -370,6 +371,18 @@ def test_wandb_offline_holds_the_csvs_numbers_and_the_video(tmp_path):
                 if k != "step" and v != "":
                     assert isinstance(logged[f"{name}/{k}"], (int, float)), (k, logged)
                     assert logged[f"{name}/{k}"] == pytest.approx(float(v), rel=1e-5), k
+    # TensorBoard (enable_tensorboard=true): the same numbers as scalars
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(os.path.join(run, "tensorboard"))
+    events.Reload()
+    for name, table in (("train", train), ("eval", ev)):
+        for k in table[0]:
+            if k == "step":
+                continue
+            logged = {e.step: e.value for e in events.Scalars(f"{name}/{k}")}
+            want = {int(r["step"]): float(r[k]) for r in table if r[k] != ""}
+            assert logged.keys() == want.keys(), k
+            assert all(logged[s] == pytest.approx(v, rel=1e-5) for s, v in want.items()), k
     # the evaluation videos as media, at the evaluation steps
     videos = {s: h for s, h in by_step.items() if "eval/video/_type" in h}
     assert sorted(videos) == [0, 1000]
@@ -486,3 +499,15 @@ def test_offline_pretraining_and_resume(mt30_data, tmp_path):
 def test_offline_needs_data_dir():
     out = cli("train.py", "task=mt30", "multitask=true", check=False, timeout=120)
     assert out.returncode == 2 and "pass data_dir=offline_dataset/mt30" in out.stderr
+
+
+def test_tensorboard_missing_is_one_sentence(tmp_path, monkeypatch):
+    """enable_tensorboard=true without the package: a ConfigError (one sentence, exit 2 from
+    the scripts) that names the extra to install."""
+    from mbdpo.config import ConfigError
+    from mbdpo.logging import Logger
+    from tests.conftest import make_cfg
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    cfg = make_cfg("task=cartpole-balance", "enable_tensorboard=true")
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[tensorboard\]'"):
+        Logger(cfg, str(tmp_path))

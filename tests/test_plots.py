@@ -29,6 +29,11 @@ def write_run(folder, task, seed, values, success=None):
         w.writerow(cols + (["episode_success"] if success else []))
         for i, (s, v) in enumerate(zip(STEPS, values)):
             w.writerow([s, i, v, 1.0, 10.0 * i] + ([success[i]] if success else []))
+    with open(os.path.join(folder, "train.csv"), "w") as f:  # diagnostics, none at first
+        f.write("step,episode,episode_reward,cross_td_error,elapsed_time\n")
+        f.write("500,1,3.0,,1.0\n")
+        for i, s in enumerate(STEPS[1:]):
+            f.write(f"{s},{i + 2},4.0,{seed + 0.5 * i},2.0\n")
 
 
 @pytest.fixture
@@ -135,6 +140,31 @@ def test_bars_of_a_multi_task_evaluation(tmp_path):
     assert heights == [50.0, 90.0, 20.0]
     assert [t.get_text() for t in ax.get_xticklabels()] == list(scores)
     assert ax.lines[-1].get_ydata()[0] == pytest.approx(np.mean([50, 90, 20]))
+
+
+def test_a_diagnostic_of_train_csv_over_steps(sources):
+    """--metric plots a column of the runs' train.csv (rows where it is empty skipped): the
+    mean over seeds at each step; no IQM figure; a curve CSV or an unknown column is refused."""
+    tmp, _, _ = sources
+    script = os.path.join(ROOT, "scripts", "plot.py")
+    out = subprocess.run([sys.executable, script, str(tmp / "logs" / "walker-walk"),
+                          "--metric", "cross_td_error", "--out", str(tmp / "m")],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
+    assert out == [str(tmp / "m.png"), str(tmp / "m.pdf")]
+    assert_picture(out[0], 4 * 120, 3 * 120)
+    fig = plots.curves_figure([plots.load(str(tmp / "logs" / "walker-walk"),
+                                          "cross_td_error")], metric="cross_td_error")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[5000, 2.0], [10000, 2.5]])
+    assert ax.get_ylabel() == "cross_td_error"
+    for args, says in ((["--metric", "nope"], "has no column 'nope'"),
+                       ([str(tmp / "published" / "mbdpo" / "mw-reach.csv"), "--metric",
+                         "value_loss"], "a curve file holds returns only")):
+        proc = subprocess.run([sys.executable, script, *(args if len(args) == 3 else
+                               [str(tmp / "logs" / "walker-walk"), *args]),
+                               "--out", str(tmp / "x")], capture_output=True, text=True,
+                              cwd=ROOT)
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("args, says", [

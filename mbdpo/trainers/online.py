@@ -342,6 +342,12 @@ class OnlineTrainer(Trainer):
         # what the last update gave (every loss, grad norm, TD target, Q scale, energy
         # statistics): empty until updates start
         row.update({k: float(v) for k, v in self.last_update.items()})
+        if self.last_update:  # the paper's diagnostics on this episode (Figs. 3, 21, 22)
+            row.update(self.agent.diagnostics(
+                torch.as_tensor(np.stack(ep["obs"])),
+                torch.as_tensor(np.stack(ep["action"]), dtype=torch.float32),
+                torch.as_tensor(ep["reward"], dtype=torch.float32),
+                torch.as_tensor(ep["terminated"], dtype=torch.float32), self.task_id))
         row["elapsed_time"] = self.elapsed()
         self.logger.log("train", row, self.step)
 
