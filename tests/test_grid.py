@@ -44,13 +44,12 @@ def run_folder(cwd, task, seed):
 def test_grid_stopped_half_way_finishes_only_what_is_left(tmp_path):
     cwd = str(tmp_path)
     proc = launch(cwd, *GRID)
-    lines, finished, started_after = [], 0, 0
-    for line in proc.stdout:  # stop once the first two runs finished and the next two started
-        lines.append(line)
-        finished += "finished after" in line
-        started_after += finished == 2 and "started on the CPU" in line
-        if started_after == 2:
-            time.sleep(3)
+    lines, started = [], 0
+    for line in proc.stdout:  # stop once all four started: with 2 at once, two finished
+        lines.append(line)  # (start and finish lines of different jobs interleave)
+        started += "started on the CPU" in line
+        if started == 4:
+            time.sleep(1)
             proc.send_signal(signal.SIGTERM)
             break
     out = "".join(lines) + proc.communicate(timeout=300)[0]
