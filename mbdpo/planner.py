@@ -104,7 +104,7 @@ class DiffusionPlanner:
         e, mask, discount = self._per_env(e, mask, discount)
         N = len(self.alphas_bar)
         x = self.alphas_bar[N - 1].sqrt() * mu_warm
-        last = torch.zeros(x.shape[0], device=x.device)
+        last = None
         for i in range(N - 1, 0, -1):
             abar = self.alphas_bar[i]
             if spread:  # the class's eager step (the instance's may be compiled)

@@ -109,8 +109,6 @@ def read_config(argv: list[str]):
     if importlib.util.find_spec(LAUNCHERS[cfg.launcher]) is None:
         fail(f"launcher={cfg.launcher} needs Hydra's launcher plugins: pip install -e "
              "'.[launchers]'.")
-    if int(cfg.workers_per_gpu) < 1:
-        fail(f"workers_per_gpu={cfg.workers_per_gpu}: at least 1 job at a time.")
     from mbdpo.cli import CONFIG_DIR, check_overrides
     check_overrides(overrides, CONFIG_DIR)  # one sentence for a mistyped setting
     hydra_args = [a for a in rest if a.lstrip("+").startswith("hydra")]
@@ -136,13 +134,20 @@ def tasks_of(cfg) -> list[str]:
 
 def main():
     cfg, overrides, hydra_args = read_config(sys.argv[1:])
-    tasks, seeds = tasks_of(cfg), [int(s) for s in cfg.seeds]
+    tasks = tasks_of(cfg)
+    try:
+        seeds, per_gpu = [int(s) for s in cfg.seeds], int(cfg.workers_per_gpu)
+        gpu_ids = [int(g) for g in cfg.gpu_ids] or list(range(int(cfg.num_gpus)))
+    except (TypeError, ValueError):
+        fail(f"seeds={list(cfg.seeds)}, gpu_ids={list(cfg.gpu_ids)}, num_gpus={cfg.num_gpus}, "
+             f"workers_per_gpu={cfg.workers_per_gpu}: these are whole numbers (lists of them).")
     if not seeds:
         fail("seeds=[]: list at least one seed.")
+    if per_gpu < 1:
+        fail(f"workers_per_gpu={per_gpu}: at least 1 job at a time.")
     local = cfg.launcher == "joblib"
-    gpus = ([int(g) for g in cfg.gpu_ids] if cfg.gpu_ids else
-            list(range(int(cfg.num_gpus)))) if local else []
-    slots = max(1, len(gpus)) * int(cfg.workers_per_gpu)
+    gpus = gpu_ids if local else []
+    slots = max(1, len(gpus)) * per_gpu
     sweep = os.path.abspath(os.path.join(str(cfg.work_dir), "multirun", str(cfg.exp_name)))
     os.makedirs(sweep, exist_ok=True)
     from mbdpo import grid
@@ -151,7 +156,7 @@ def main():
     threads = (max(1, (os.cpu_count() or 1) // slots) if local and not gpus else None)
     spec = {"steps": {"dmc": int(cfg.dmc_steps), "metaworld": int(cfg.metaworld_steps),
                       "default": int(cfg.default_steps)},
-            "gpus": gpus, "workers_per_gpu": int(cfg.workers_per_gpu), "threads": threads,
+            "gpus": gpus, "workers_per_gpu": per_gpu, "threads": threads,
             "where": "the CPU" if local and not gpus else cfg.launcher,
             "launcher_pid": os.getpid()}
     grid_file = os.path.join(sweep, grid.GRID)

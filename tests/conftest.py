@@ -44,13 +44,13 @@ TINY = ["model_size=1", "diffusion_num_samples=32", "diffusion_num_elites=8",
         "enc_dim=64", "latent_dim=32", "eval_episodes=2", "log_freq=250", "threads=1"]
 
 
-def cli(script, *args, timeout=900, check=True, env=None):
-    """Run scripts/<script> with ``args`` in a fresh process; fail with its output unless it
-    exits 0 (with ``check``)."""
+def cli(script, *args, timeout=900, check=True, env=None, cwd=ROOT):
+    """Run scripts/<script> with ``args`` in a fresh process (in ``cwd``); fail with its
+    output unless it exits 0 (with ``check``)."""
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", MUJOCO_GL="egl",
                PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, TINY, digests, rows
+from tests.conftest import ROOT, TINY, cli, digests, rows
 
 SCRIPT = os.path.join(ROOT, "scripts", "online_parallel_train.py")
 CONFIG = os.path.join(ROOT, "cfgs", "online_parallel_config.yaml")
@@ -31,9 +31,10 @@ def launch(cwd, *args):
 
 
 def run(cwd, *args, timeout=600):
-    proc = launch(cwd, *args)
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+    """(exit status, stdout + stderr) of the launcher run in ``cwd``."""
+    proc = cli("online_parallel_train.py", "--config", CONFIG, *args, timeout=timeout,
+               check=False, cwd=cwd)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def run_folder(cwd, task, seed):
@@ -105,11 +106,13 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path):
     (['common_overrides=["online_save_root=???"]'], "online_save_root=??? must be given a folder"),
     (["common_overrides=[a=???]"], "cannot be read as YAML"),
     (["launcher=ray"], "expected one of joblib, submitit_slurm, submitit_local"),
+    (["seeds=[one]"], "these are whole numbers"),
 ])
 def test_bad_grid_settings_get_one_sentence(tmp_path, args, says):
     code, out = run(str(tmp_path), *args, timeout=120)
     assert code == 2, out
     assert out.startswith("error: ") and says in out and "Traceback" not in out, out
+    assert out.count("\n") == 1  # one sentence
     assert not os.path.exists(tmp_path / "logs")
 
 
