@@ -507,6 +507,26 @@ def test_bf16_update_plans_in_fp32_unless_asked():
     assert not torch.equal(plans[1][0], plans[1][1])
 
 
+def test_auto_precision_takes_bf16_only_where_it_is_measured_faster(monkeypatch):
+    """precision=auto on a CPU: bf16 needs the instructions *and* a bf16 matrix multiply
+    measured at least 1.25x faster than fp32 (an Intel VM with AVX-512 BF16 and no AMX ran it
+    at 0.55x); without the instructions nothing is measured."""
+    from mbdpo import config
+    cpu = torch.device("cpu")
+    measured = config._cpu_bf16_speedup()
+    assert 0.05 < measured < 50 and config._cpu_bf16_speedup() == measured  # once per process
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    for speedup, expected in ((0.55, None), (1.2, None), (3.5, torch.bfloat16)):
+        monkeypatch.setattr(config, "_BF16_SPEEDUP", [speedup])
+        assert config.amp_dtype("auto", cpu) == expected
+        assert config.amp_dtype("bf16", cpu) == torch.bfloat16
+        assert config.amp_dtype("fp32", cpu) is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(config, "_BF16_SPEEDUP", [])
+    assert config.amp_dtype("auto", cpu) is None and config._BF16_SPEEDUP == []
+
+
 def test_bf16_update_losses_match_fp32():
     """One update from the same weights and RNG: every loss within 2% of fp32's."""
     ref, bf, batch = _trained_pair("precision=bf16")
