@@ -22,12 +22,12 @@ def state_run(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("logs"))
     out = cli("train.py", "task=cartpole-balance", "steps=1000", "seed_steps=500",
               "eval_freq=500", "save_model_every=500", f"work_dir={work}", "exp_name=t", *TINY)
-    return work, os.path.join(work, "cartpole-balance", "1", "t"), out.stdout
+    return work, os.path.join(work, "cartpole-balance", "1", "t"), out
 
 
 @pytest.mark.slow
 def test_train_writes_csvs_and_checkpoints(state_run):
-    _, run, stdout = state_run
+    _, run, proc = state_run
     train, ev = rows(os.path.join(run, "train.csv")), rows(os.path.join(run, "eval.csv"))
     assert [int(r["step"]) for r in train] == [500, 1000]
     assert [int(r["step"]) for r in ev] == [0, 500, 1000]
@@ -51,7 +51,9 @@ def test_train_writes_csvs_and_checkpoints(state_run):
     state = torch.load(os.path.join(run, "models", "final.pt"), weights_only=True)
     assert state["step"] == 1000 and state["config"]["model_size"] == 1
     assert {"model", "optim", "pi_optim", "scale", "warm"} <= set(state["agent"])
-    assert "steps/s" in stdout and "ETA" in stdout and "Pretraining on" in stdout
+    assert "steps/s" in proc.stdout and "ETA" in proc.stdout and "Pretraining on" in proc.stdout
+    # the burst on the seed data (500 updates) shows a bar with its rate
+    assert "Pretraining: " in proc.stderr and "update/s" in proc.stderr and "/500 " in proc.stderr
     with open(os.path.join(run, "metadata.json")) as f:  # the code that made the run
         meta = json.load(f)
     assert meta["commits"] == [code_version()]

@@ -314,12 +314,21 @@ class OnlineTrainer(Trainer):
             n = int(self.update_credit)
             self.update_credit -= n
         losses = {}
+        # the burst takes minutes on a CPU (2,500 updates at ~4/s): a bar with updates/s and ETA
+        bar = None
+        if n > 1:
+            from tqdm import tqdm
+            bar = tqdm(total=n, desc="Pretraining", unit="update", leave=False, mininterval=2)
         for _ in range(n):
             losses = self.agent.update(self.buffer.sample(self.cfg.batch_size, self.cfg.horizon))
             self.updates += 1
             faults.reach("update")
+            if bar is not None:
+                bar.update()
             if stop:  # the run saves the state of the last boundary, before these updates
                 break
+        if bar is not None:
+            bar.close()
         self.pretrained = True
         self.last_update = losses or self.last_update
         return losses
