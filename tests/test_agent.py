@@ -513,7 +513,10 @@ def test_auto_precision_takes_bf16_only_where_it_is_measured_faster(monkeypatch)
     at 0.55x); without the instructions nothing is measured."""
     from mbdpo import config
     cpu = torch.device("cpu")
+    monkeypatch.setattr(config, "_BF16_SPEEDUP", [])
+    before = torch.random.get_rng_state()
     measured = config._cpu_bf16_speedup()
+    assert torch.equal(torch.random.get_rng_state(), before)
     assert 0.05 < measured < 50 and config._cpu_bf16_speedup() == measured  # once per process
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     for speedup, expected in ((0.55, None), (1.2, None), (3.5, torch.bfloat16)):
