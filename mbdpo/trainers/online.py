@@ -9,6 +9,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mbdpo import faults
 from mbdpo.agent import MBDPO
@@ -315,20 +316,16 @@ class OnlineTrainer(Trainer):
             self.update_credit -= n
         losses = {}
         # the burst takes minutes on a CPU (2,500 updates at ~4/s): a bar with updates/s and ETA
-        bar = None
-        if n > 1:
-            from tqdm import tqdm
-            bar = tqdm(total=n, desc="Pretraining", unit="update", leave=False, mininterval=2)
+        bar = tqdm(total=n, desc="Pretraining", unit="update", leave=False, mininterval=2,
+                   disable=n <= 1)
         for _ in range(n):
             losses = self.agent.update(self.buffer.sample(self.cfg.batch_size, self.cfg.horizon))
             self.updates += 1
             faults.reach("update")
-            if bar is not None:
-                bar.update()
+            bar.update()
             if stop:  # the run saves the state of the last boundary, before these updates
                 break
-        if bar is not None:
-            bar.close()
+        bar.close()
         self.pretrained = True
         self.last_update = losses or self.last_update
         return losses
