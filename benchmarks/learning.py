@@ -68,25 +68,30 @@ def run_dir(args, seed) -> str:
                                          task=args["task"], seed=seed, exp_name=args["exp_name"]))
 
 
-def run_threads(folder: str):
-    """The torch threads the run used, from its checkpoint's config (the command line of a
-    collect_only call does not know them); None: all cores, or no checkpoint."""
-    import torch
-    path = os.path.join(folder, "models", "latest.pt")
-    if not os.path.exists(path):
-        return None
-    return torch.load(path, weights_only=True, map_location="cpu")["config"].get("threads")
+# what a curve's JSON records of the runs' own configuration (the collect_only command line
+# does not know how the runs were started)
+SETTINGS = ("steps", "model_size", "diffusion_num_samples", "diffusion_steps", "seed_steps",
+            "eval_freq", "eval_episodes", "num_envs", "utd", "precision", "plan_precision",
+            "compile")
 
 
-def collect(args, seeds) -> str:
+def run_config(folder: str) -> dict:
+    """The run's configuration as it started (its config.yaml); {} where there is none."""
+    from omegaconf import OmegaConf
+    path = os.path.join(folder, "config.yaml")
+    return OmegaConf.to_container(OmegaConf.load(path)) if os.path.exists(path) else {}
+
+
+def collect(args, seeds, out_dir=os.path.join(ROOT, "benchmarks", "results", "learning")) -> str:
     """Write <task>.csv (step,reward,seed) from the runs' eval.csv, and <task>.json beside it:
-    the settings, and per seed the steps reached, the wall time (evaluations included), the
-    steps per second, the torch threads and the code versions (commits) that made the run."""
+    the runs' settings (from their config.yaml), and per seed the steps reached, the wall time
+    (evaluations included), the steps per second, the torch threads and the code versions
+    (commits) that made the run; settings in which a run differs from the first are listed
+    under it."""
     from mbdpo.curves import write_curve
-    out_dir = os.path.join(ROOT, "benchmarks", "results", "learning")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{args['task']}.csv")
-    runs = {}
+    runs, settings = {}, None
     for seed in seeds:
         ev = os.path.join(run_dir(args, seed), "eval.csv")
         if not os.path.exists(ev):
@@ -101,14 +106,19 @@ def collect(args, seeds) -> str:
         if os.path.exists(meta):
             with open(meta) as f:
                 commits = json.load(f).get("commits", [])
+        cfg = run_config(run_dir(args, seed))
+        own = {k: cfg[k] for k in SETTINGS if k in cfg}
+        settings = own if settings is None else settings
         runs[seed] = {"steps": steps, "wall_s": round(wall), "steps_per_s":
                       round(steps / max(wall, 1e-9), 3), "commits": commits,
-                      "threads": run_threads(run_dir(args, seed))}
+                      "threads": cfg.get("threads")}
+        differ = {k: v for k, v in own.items() if settings.get(k) != v}
+        if differ:
+            runs[seed]["settings"] = differ
     write_curve(path, {seed: run_dir(args, seed) for seed in seeds})
     with open(os.path.splitext(path)[0] + ".json", "w") as f:
-        json.dump({"task": args["task"], "settings": {k: v for k, v in args.items()
-                                                      if k != "task"},
-                   "runs": runs}, f, indent=1)
+        json.dump({"task": args["task"], "settings": settings or {}, "runs": runs}, f,
+                  indent=1)
     return path
 
 
