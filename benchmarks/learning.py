@@ -76,7 +76,7 @@ SETTINGS = ("steps", "model_size", "diffusion_num_samples", "diffusion_steps", "
 
 
 def run_config(folder: str) -> dict:
-    """The run's configuration as it started (its config.yaml); {} where there is none."""
+    """The run's configuration at its last start (its config.yaml); {} where there is none."""
     from omegaconf import OmegaConf
     path = os.path.join(folder, "config.yaml")
     return OmegaConf.to_container(OmegaConf.load(path)) if os.path.exists(path) else {}
@@ -115,6 +115,10 @@ def collect(args, seeds, out_dir=os.path.join(ROOT, "benchmarks", "results", "le
         differ = {k: v for k, v in own.items() if settings.get(k) != v}
         if differ:
             runs[seed]["settings"] = differ
+    if not runs:  # a mistyped work_dir / exp_name must not replace a committed curve
+        sys.exit(f"error: no evaluations in {run_dir(args, seeds[0]) if seeds else 'no seeds'}"
+                 f"{' or the other seeds' if len(seeds) > 1 else ''}: check task, work_dir, "
+                 f"exp_name and seeds; {path} was left as it was.")
     write_curve(path, {seed: run_dir(args, seed) for seed in seeds})
     with open(os.path.splitext(path)[0] + ".json", "w") as f:
         json.dump({"task": args["task"], "settings": settings or {}, "runs": runs}, f,

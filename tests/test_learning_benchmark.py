@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 
+import pytest
 import yaml
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -60,3 +61,19 @@ def test_collect_records_the_runs_own_settings_not_the_command_line(tmp_path):
                                    "commits": ["c79d8a1"], "threads": 1}
     assert record["runs"]["2"]["settings"] == {"diffusion_steps": 20}
     assert record["runs"]["2"]["steps_per_s"] == 1.356
+
+
+def test_collect_with_no_runs_says_so_and_keeps_the_committed_curve(tmp_path):
+    """A mistyped exp_name finds no evaluations: one sentence, and the curve already written
+    there is not replaced by an empty one."""
+    learning = load_script()
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "reacher-easy.csv").write_text("step,reward,seed\n10000,385.0,1\n")
+    args, seeds, _, _ = learning.parse(["task=reacher-easy", f"work_dir={tmp_path / 'logs'}",
+                                        "exp_name=typo", "seeds=[1,2]"])
+    with pytest.raises(SystemExit) as stop:
+        learning.collect(args, seeds, out_dir=str(out))
+    assert "no evaluations in" in str(stop.value) and "exp_name" in str(stop.value)
+    assert (out / "reacher-easy.csv").read_text() == "step,reward,seed\n10000,385.0,1\n"
+    assert not (out / "reacher-easy.json").exists()
