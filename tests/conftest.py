@@ -13,7 +13,9 @@ from mbdpo.config import parse_cfg
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# two pytest-xdist workers share the CI's 2 cores: one torch thread each (two threads each
+# would oversubscribe them, many times slower)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 def make_cfg(*overrides, obs_dim=5, action_dim=1, parse=True):

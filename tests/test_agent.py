@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -517,7 +518,9 @@ def test_auto_precision_takes_bf16_only_where_it_is_measured_faster(monkeypatch)
     before = torch.random.get_rng_state()
     measured = config._cpu_bf16_speedup()
     assert torch.equal(torch.random.get_rng_state(), before)
-    assert 0.05 < measured < 50 and config._cpu_bf16_speedup() == measured  # once per process
+    # any positive finite ratio: CPUs without bf16 units emulate it (the CI machine: 0.022x),
+    # Zen 4 and AMX parts run it at ~3.3-3.5x
+    assert 0 < measured < math.inf and config._cpu_bf16_speedup() == measured  # once per process
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     for speedup, expected in ((0.55, None), (1.2, None), (3.5, torch.bfloat16)):
         monkeypatch.setattr(config, "_BF16_SPEEDUP", [speedup])

@@ -1,21 +1,20 @@
-"""Runs killed and stopped at random moments and at chosen points, then resumed until done, are
-the run that was never interrupted: the same rows in train.csv and eval.csv (all but the wall
-time), the same counters, the same replay and the same weights (CPU, one thread: the runs are
-deterministic). Chosen points (``mbdpo.faults``): SIGKILL between a checkpoint's replay file and
-its latest.pt, right after latest.pt, and inside the pretraining burst; SIGTERM inside an
-episode, inside the burst and inside an evaluation."""
+"""What test_kill_online.py and test_kill_offline.py share (two files, so that two
+pytest-xdist workers run them at once). Runs killed and stopped at random moments and at chosen
+points, then resumed until done, are the run that was never interrupted: the same rows in
+train.csv and eval.csv (all but the wall time), the same counters, the same replay and the same
+weights (CPU, one thread: the runs are deterministic). Chosen points (``mbdpo.faults``): SIGKILL
+between a checkpoint's replay file and its latest.pt, right after latest.pt, and inside the
+pretraining burst; SIGTERM inside an episode, inside the burst and inside an evaluation."""
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from mbdpo.checkpoint import unit_file
-from tests.conftest import ROOT, TINY, cli, rows
+from tests.conftest import ROOT, TINY, rows
 
 NET = [a for a in TINY if not a.startswith(("eval_episodes", "log_freq"))]
 # 6 episodes of 100 steps; burst of 200 updates at step 200; evaluations (and latest.pt) at
@@ -124,39 +123,3 @@ def at_random(args, rng, need, span, same) -> int:
         same(name)
         chain += 1
     return n
-
-
-@pytest.mark.slow
-def test_an_online_run_killed_anywhere_resumes_to_the_same_run(tmp_path):
-    work = str(tmp_path)
-    run = lambda name: os.path.join(work, "mw-reach", "1", name)  # noqa: E731
-    cli("train.py", *ONLINE, f"work_dir={work}", "exp_name=ref")
-    # in order: SIGKILL inside the burst (at step 200); SIGTERM inside the burst (saves the
-    # boundary at step 100, one the loop ran through); SIGTERM inside an episode (step 350:
-    # saves 300); SIGTERM inside the evaluation of step 400 (saves the state before it);
-    # SIGKILL between the replay file and latest.pt of the final save, then after latest.pt
-    # before final.pt is linked (resume must still end with final.pt)
-    at_points([*ONLINE, f"work_dir={work}", "exp_name=points"],
-              ["update:150", "update:120:TERM", "env-step:250:TERM", "eval-step:50:TERM",
-               "save.extra-written:2", "save.latest-written:1"])
-    same_run(run("ref"), run("points"), "replay.pt")
-    n = at_random([*ONLINE, f"work_dir={work}"], random.Random(0), 20, (2, 9),
-                  lambda name: same_run(run("ref"), run(name), "replay.pt"))
-    assert n >= 20, n
-
-
-@pytest.mark.slow
-def test_an_offline_run_killed_anywhere_resumes_to_the_same_run(mt30_data, tmp_path):
-    work = str(tmp_path)
-    run = lambda name: os.path.join(work, "mt30", "1", name)  # noqa: E731
-    args = offline_args(mt30_data)
-    cli("train.py", *args, f"work_dir={work}", "exp_name=ref")
-    # SIGKILL between the sampler file and latest.pt (step 80), after latest.pt (step 120);
-    # SIGTERM between two updates; SIGTERM inside the final evaluation
-    at_points([*args, f"work_dir={work}", "exp_name=points"],
-              ["save.extra-written:2", "save.latest-written:1", "update:70:TERM",
-               "eval-step:200:TERM"])
-    same_run(run("ref"), run("points"), "sampler.pt")
-    n = at_random([*args, f"work_dir={work}"], random.Random(1), 20, (2, 9),
-                  lambda name: same_run(run("ref"), run(name), "sampler.pt"))
-    assert n >= 20, n
