@@ -15,7 +15,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # two pytest-xdist workers share the CI's 2 cores: one torch thread each (two threads each
 # would oversubscribe them, many times slower)
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER")
+                      else min(2, torch.get_num_threads()))
 
 
 def make_cfg(*overrides, obs_dim=5, action_dim=1, parse=True):
