@@ -6,6 +6,7 @@ weights (CPU, one thread: the runs are deterministic). Chosen points (``mbdpo.fa
 between a checkpoint's replay file and its latest.pt, right after latest.pt, and inside the
 pretraining burst; SIGTERM inside an episode, inside the burst and inside an evaluation."""
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import time
 import torch
 
 from mbdpo.checkpoint import unit_file
-from tests.conftest import ROOT, TINY, rows
+from tests.conftest import ROOT, TINY, cli, rows
 
 NET = [a for a in TINY if not a.startswith(("eval_episodes", "log_freq"))]
 # 6 episodes of 100 steps; burst of 200 updates at step 200; evaluations (and latest.pt) at
@@ -123,3 +124,16 @@ def at_random(args, rng, need, span, same) -> int:
         same(name)
         chain += 1
     return n
+
+
+def killed_anywhere(args, work, run, extra, faults, seed) -> None:
+    """The whole check of one kind of run: a reference run, then one interrupted at each of
+    ``faults`` in turn, then chains interrupted at random (``random.Random(seed)``, at least 20
+    interruptions), each resumed until done and compared with the reference (``same_run``:
+    ``extra`` is the run's data file, replay.pt or sampler.pt; ``run(name)`` its folder)."""
+    cli("train.py", *args, f"work_dir={work}", "exp_name=ref")
+    at_points([*args, f"work_dir={work}", "exp_name=points"], faults)
+    same_run(run("ref"), run("points"), extra)
+    n = at_random([*args, f"work_dir={work}"], random.Random(seed), 20, (2, 9),
+                  lambda name: same_run(run("ref"), run(name), extra))
+    assert n >= 20, n
