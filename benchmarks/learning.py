@@ -72,7 +72,7 @@ def run_dir(args, seed) -> str:
 # does not know how the runs were started)
 SETTINGS = ("steps", "model_size", "diffusion_num_samples", "diffusion_steps", "seed_steps",
             "eval_freq", "eval_episodes", "num_envs", "utd", "precision", "plan_precision",
-            "compile")
+            "compile", "cuda_graphs")
 
 
 def run_config(folder: str) -> dict:

@@ -10,9 +10,14 @@ machine's fp32 and bf16 matrix-multiply throughput, for each model size and each
     python benchmarks/speed.py variants=fp32,bf16+compile num_envs=1,4
 
 A variant is the update's precision (fp32 | bf16), with ``+bf16plan`` for plan_precision=bf16
-(the planner's rollouts in bf16 too) and ``+compile`` for compile=true; the default is
-fp32, bf16, fp32+compile, bf16+compile and bf16+bf16plan+compile, ``fp32`` first: the baseline (fp32 eager) that the ratio columns divide by, measured in
-the same run. Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes
+(the planner's rollouts in bf16 too), ``+compile`` for compile=true and ``+graphs`` for
+cuda_graphs=true (each off unless named), or ``default``: the settings as a run without speed
+flags resolves them (on a GPU: compiled kernels in CUDA graphs; on the CPU: eager fp32). The
+default list is fp32, bf16, fp32+compile, bf16+compile and bf16+bf16plan+compile, ``fp32``
+first: the baseline (fp32 eager) that the ratio columns divide by, measured in the same run.
+``kernels/act`` counts what one action launches, graphs bypassed (a replay launches the same
+kernels from one call): on a GPU the profiler's CUDA kernels, on the CPU the top-level aten
+operations plus inductor's fused kernels. Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes
 elsewhere). Other key=value pairs are config overrides (any key of cfgs/config.yaml).
 """
 from __future__ import annotations
@@ -30,12 +35,17 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import torch._inductor.config as inductor_config  # noqa: E402
+
 from mbdpo.agent import MBDPO  # noqa: E402
 from mbdpo.config import num_params  # noqa: E402
 from mbdpo.envs import make_env  # noqa: E402
 from mbdpo.replay import EpisodeReplay  # noqa: E402
 from mbdpo.trainers.base import code_version  # noqa: E402
 from mbdpo.trainers.online import fill_env_dims  # noqa: E402
+
+
+inductor_config.cpp.enable_kernel_profile = True  # CPU kernels named in the profiler
 
 
 def sync(device):
@@ -64,6 +74,29 @@ def matmul_gflops(device, dtype=torch.float32, n: int = 2048, reps: int = 5) -> 
     return 2 * n ** 3 / timed(lambda: a @ b, device, reps) / 1e9
 
 
+def count_kernels(fn, device) -> int:
+    """Kernels ``fn()`` launches: on a GPU the profiler's CUDA activities (kernels, copies),
+    on the CPU the top-level aten operations plus inductor's fused C++ kernels."""
+    from torch.profiler import ProfilerActivity, profile
+    if device.type == "cuda":
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    count = 0
+    for event in prof.events():
+        kernel = event.name.startswith("aten::") or "cpp_fused" in event.name
+        parent = event.cpu_parent
+        while kernel and parent is not None:  # called from inside another kernel or aten op
+            if parent.name.startswith("aten::") or "cpp_fused" in parent.name:
+                kernel = False
+            parent = parent.cpu_parent
+        count += kernel
+    return count
+
+
 def count_aten_ops(fn) -> int:
     """Top-level aten operations dispatched by ``fn()`` (those not called by another aten
     operation); a compiled graph's fused kernels count as the operations they call."""
@@ -81,11 +114,16 @@ def count_aten_ops(fn) -> int:
 
 
 def parse_variant(v: str) -> list[str]:
+    if v == "default":
+        return []
     precision, *flags = v.split("+")
-    if precision not in ("fp32", "bf16", "auto") or not set(flags) <= {"compile", "bf16plan"}:
-        sys.exit(f"error: a variant is fp32 or bf16, optionally +bf16plan and +compile; got "
-                 f"{v!r}.")
-    return [f"precision={precision}", f"compile={'true' if 'compile' in flags else 'false'}",
+    if precision not in ("fp32", "bf16", "auto") or not set(flags) <= {"compile", "bf16plan",
+                                                                        "graphs"}:
+        sys.exit(f"error: a variant is default, or fp32 or bf16 optionally with +bf16plan, "
+                 f"+compile and +graphs; got {v!r}.")
+    on = {True: "true", False: "false"}
+    return [f"precision={precision}", f"compile={on['compile' in flags]}",
+            f"cuda_graphs={on['graphs' in flags]}",
             f"plan_precision={'bf16' if 'bf16plan' in flags else 'fp32'}"]
 
 
@@ -130,10 +168,11 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
     first_s = time.perf_counter() - t
     act_s = timed(lambda: agent.act(obs0, t0), device, reps=5)
     ops = count_aten_ops(lambda: agent.act(obs0, t0))
-    eager, agent.plan_fn = agent.plan_fn, agent._plan  # count on the eager planner: a
-    with FlopCounterMode(display=False) as fc:         # CUDA-graph replay dispatches no ops
+    graphed, agent.plan_fn = agent.plan_fn, agent._plan  # count without the graph: a
+    kernels = count_kernels(lambda: agent.act(obs0, t0), device)  # replay dispatches no ops
+    with FlopCounterMode(display=False) as fc:  # the flops of the eager planner
         agent.act(obs0, t0)
-    agent.plan_fn = eager
+    agent.plan_fn = graphed
     act_flops = fc.get_total_flops()
     update_s = timed(lambda: agent.update(batch), device, reps=5)
 
@@ -158,7 +197,8 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
     return {"model_size": size, "variant": variant, "params": params, "act_ms": 1e3 * act_s,
             "update_ms": 1e3 * update_s, "env_steps_per_s": online_sps[num_envs[0]],
             "env_steps_per_s_by_num_envs": online_sps,
-            "aten_ops_per_act": ops, "first_call_s": first_s,
+            "aten_ops_per_act": ops, "kernels_per_act": kernels, "first_call_s": first_s,
+            "compile": agent.paths.compile, "cuda_graphs": agent.paths.graphs,
             "act_gflop": act_flops / 1e9, "planner_gflops": act_flops / act_s / 1e9,
             "K": cfg.diffusion_num_samples, "N": cfg.diffusion_steps,
             "batch_size": cfg.batch_size, "device": str(device)}
@@ -182,7 +222,7 @@ def main():
             online_steps = int(v)
         elif k == "out":
             out = os.path.abspath(v)
-        elif k in ("precision", "plan_precision", "compile"):
+        elif k in ("precision", "plan_precision", "compile", "cuda_graphs"):
             sys.exit(f"error: {k} is set per variant: pass variants=... (e.g. bf16+compile).")
         else:
             overrides.append(a)
@@ -207,7 +247,8 @@ def main():
           f"planner K={rows[0]['K']} N={rows[0]['N']}, batch {rows[0]['batch_size']}; "
           f"x = time / the size's first variant's, same run")
     head = (f"{'size':>4} {'variant':>21} {'act ms':>8} {'x':>5} {'update ms':>10} {'x':>5} "
-            f"{'steps/s':>8} {'x' + str(num_envs[-1]) + ' envs':>8} {'aten ops/act':>13} {'first call s':>13} {'GFLOP/act':>10} "
+            f"{'steps/s':>8} {'x' + str(num_envs[-1]) + ' envs':>8} {'kernels/act':>12} "
+            f"{'first call s':>13} {'GFLOP/act':>10} "
             f"{'GFLOP/s':>8} {'% fp32 mm':>10} {'% bf16 mm':>10}")
     print(head)
     print("-" * len(head))
@@ -218,7 +259,7 @@ def main():
         print(f"{r['model_size']:>4} {r['variant']:>21} {r['act_ms']:>8.1f} "
               f"{r['act_ratio']:>5.2f} {r['update_ms']:>10.1f} {r['update_ratio']:>5.2f} "
               f"{r['env_steps_per_s']:>8.2f} "
-              f"{r['env_steps_per_s_by_num_envs'][num_envs[-1]]:>8.2f} {r['aten_ops_per_act']:>13,} "
+              f"{r['env_steps_per_s_by_num_envs'][num_envs[-1]]:>8.2f} {r['kernels_per_act']:>12,} "
               f"{r['first_call_s']:>13.1f} {r['act_gflop']:>10.2f} {r['planner_gflops']:>8.1f} "
               f"{100 * r['planner_gflops'] / gemm['fp32']:>9.0f}% "
               f"{100 * r['planner_gflops'] / gemm['bf16']:>9.0f}%")

@@ -4,9 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mbdpo import distributed
-from mbdpo.compiled import Compiled, compile_mode
-from mbdpo.cuda_graph import Graphed
+from mbdpo import distributed, execution
 from mbdpo.config import amp_dtype
 from mbdpo.math import RunningScale
 from mbdpo.planner import DiffusionPlanner
@@ -27,8 +25,10 @@ class MBDPO:
         rest = [p for p in m.parameters()
                 if id(p) not in enc_ids | pi_ids | target_ids]
         self.wm_params = enc + rest
-        # CUDA graphs (cuda_graphs=true on a GPU): the optimisers then step without host syncs
-        self.graphs = self.device.type == "cuda" and bool(cfg.get("cuda_graphs", False))
+        # eager, compiled, CUDA graphs or both (mbdpo/execution.py); in graphs the optimisers
+        # step without host syncs
+        self.paths = execution.paths(cfg, self.device)
+        self.graphs = self.paths.graphs
         self.optim = torch.optim.Adam(
             [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr,
             capturable=self.graphs)
@@ -44,20 +44,8 @@ class MBDPO:
         # return's spread over the last denoising steps' candidates (README, Precision)
         self.amp_dtype = amp_dtype(cfg.get("precision", "fp32"), self.device)
         self.plan_amp_dtype = amp_dtype(cfg.get("plan_precision", "fp32"), self.device)
-        self.update_fn, self.plan_fn = self._update, self._plan
         data_parallel = distributed.active()
-        if self.graphs:  # under torchrun the update stays eager (its collectives)
-            self.plan_fn = Graphed(self._plan)
-            if not data_parallel:
-                self.update_fn = Graphed(self._update)
-        if cfg.compile and not self.graphs:
-            # the denoising step and the update's losses (mbdpo/compiled.py); under torchrun
-            # the losses stay eager: they hold the statistics' collectives
-            mode = compile_mode(self.device)
-            self.planner.weighted_mean = Compiled(self.planner.weighted_mean, mode)
-            if not data_parallel:
-                self._model_losses = Compiled(self._model_losses, mode)
-                self._pi_loss = Compiled(self._pi_loss, mode)
+        self.plan_fn, self.update_fn = execution.accelerate(self, self.paths, data_parallel)
         self.model_losses, self.pi_loss = self._model_losses, self._pi_loss
         if data_parallel:
             self._data_parallel()
@@ -330,9 +318,8 @@ class MBDPO:
         self.pi_optim.load_state_dict(state["pi_optim"])
         for opt in (self.optim, self.pi_optim):  # a checkpoint from a CPU run on a GPU, or back
             set_capturable(opt, self.graphs, self.device)
-        for fn in (self.update_fn, self.plan_fn):  # graphs hold the old optimiser state
-            if isinstance(fn, Graphed):
-                fn.reset()
+        for fn in execution.graphed((self.update_fn, self.plan_fn)):  # graphs hold the old
+            fn.reset()                                                   # optimiser state
         self.scale.load_state_dict(state["scale"])
         self.warm = {k: v.to(self.device) for k, v in state.get("warm", {}).items()}
 

@@ -66,6 +66,11 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def resolve_flag(setting, device: torch.device) -> bool:
+    """``compile`` / ``cuda_graphs`` (auto | true | false) on ``device``: auto is true on CUDA."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bf16 matrices faster than fp32: a CUDA GPU of compute
     capability 8.0 (Ampere) or newer; a CPU with AVX-512 BF16 or AMX instructions on which a
@@ -170,14 +175,12 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     _check(isinstance(cfg.utd, (int, float)) and not isinstance(cfg.utd, bool) and cfg.utd > 0,
            "utd", cfg.utd, "expected a number > 0 (updates per environment step)")
     for key in ("multitask", "use_score_network", "score_only_inference", "resume",
-                "save_video", "save_replay", "enable_wandb", "enable_tensorboard", "compile",
-                "cuda_graphs", "async_envs",
+                "save_video", "save_replay", "enable_wandb", "enable_tensorboard", "async_envs",
                 "load_checkpoint", "compare_scratch", "overwrite"):
         _bool(cfg, key)
-    if cfg.compile and cfg.cuda_graphs:
-        raise ConfigError("compile=true and cuda_graphs=true both record CUDA graphs "
-                          "(torch.compile's reduce-overhead mode makes its own): set one of "
-                          "them to false.")
+    for key in ("compile", "cuda_graphs"):
+        _check(cfg[key] == "auto" or isinstance(cfg[key], bool), key, cfg[key],
+               "expected auto, true or false")
     _check(isinstance(cfg.task_dim, int) and cfg.task_dim >= 0, "task_dim", cfg.task_dim,
            "expected an integer >= 0")
     _check(0 < cfg.rho <= 1, "rho", cfg.rho, "expected a number in (0, 1]")
@@ -223,7 +226,11 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
                "expected auto, fp32 or bf16")
     _check(isinstance(cfg.seed_episodes, int) and cfg.seed_episodes >= 0, "seed_episodes",
            cfg.seed_episodes, "expected an integer >= 0")
-    cfg.device = str(resolve_device(str(cfg.device)))
+    device = resolve_device(str(cfg.device))
+    cfg.device = str(device)
+    # auto: compiled kernels in CUDA graphs on a GPU, eager on the CPU (mbdpo/execution.py)
+    cfg.compile = resolve_flag(cfg.compile, device)
+    cfg.cuda_graphs = resolve_flag(cfg.cuda_graphs, device) and device.type == "cuda"
 
     # derived per-task values
     specs = [get_task(t) for t in tasks]

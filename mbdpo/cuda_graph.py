@@ -33,8 +33,9 @@ class Graphed:
     ``load_state_dict`` does).
     """
 
-    def __init__(self, fn, warmup: int = 3):
+    def __init__(self, fn, warmup: int = 3, label: str | None = None):
         self.fn, self.warmup = fn, warmup
+        self.label = label or getattr(fn, "__name__", "fn")
         self.entries: dict = {}
         self.failed = False  # a capture failed: run eagerly from then on
 
@@ -70,11 +71,13 @@ class Graphed:
             except Exception as err:  # nothing ran during the capture: state is unchanged
                 self.failed = True
                 self.entries.clear()
-                warnings.warn(f"CUDA-graph capture of {getattr(self.fn, '__name__', self.fn)} "
+                warnings.warn(f"CUDA-graph capture of {self.label} "
                               f"failed ({type(err).__name__}: {err}); it runs eagerly from "
                               "now on. Set cuda_graphs=false to skip the attempt.")
                 return self.fn(*args)
             entry.update(graph=graph, inputs=inputs, outputs=outputs)
+            print(f"recorded {self.label} as a CUDA graph (inputs "
+                  f"{[None if a is None else tuple(a.shape) for a in args]})", flush=True)
         for static, a in zip(entry["inputs"], args):
             if a is not None:
                 static.copy_(a, non_blocking=True)

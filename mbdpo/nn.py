@@ -138,14 +138,44 @@ class Ensemble(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(n, *x.shape)
         nl = len(self.weights)
-        for i in range(nl):
-            x = torch.baddbmm(p(self.biases[i]), x, p(self.weights[i]))
-            if i < nl - 1:
-                if i == 0 and self.dropout and self.training:
-                    x = F.dropout(x, self.dropout, training=True)
-                x = F.layer_norm(x, x.shape[-1:]) * p(self.ln_w[i]) + p(self.ln_b[i])
-                x = mish(x)
-        return x
+        for i in range(nl - 1):
+            drop = self.dropout if i == 0 and self.training else 0.0
+            x = stacked_layer(x, p(self.weights[i]), p(self.biases[i]), p(self.ln_w[i]),
+                              p(self.ln_b[i]), drop)
+        return torch.baddbmm(p(self.biases[-1]), x, p(self.weights[-1]))
+
+
+def stacked_layer(x, w, b, ln_w, ln_b, dropout: float = 0.0):
+    """One normed layer of n networks at once: x (n, M, in) @ w (n, in, out) + b (n, 1, out),
+    (dropout), LayerNorm with each network's affine ln_w, ln_b (n, 1, out), Mish."""
+    x = torch.baddbmm(b, x, w)
+    if dropout:
+        x = F.dropout(x, dropout, training=True)
+    return mish(F.layer_norm(x, x.shape[-1:]) * ln_w + ln_b)
+
+
+def stack_hidden(mlps: list[nn.Sequential]) -> list[tuple[torch.Tensor, ...]]:
+    """The hidden layers (all but the last) of MLPs of one shape built by ``mlp()``, their
+    parameters stacked per layer as ``stacked_layer`` takes them: [(w, b, ln_w, ln_b), ...].
+    A copy of the parameters (autograd reaches them through it)."""
+    depth = len(mlps[0]) - 1
+    layers = []
+    for i in range(depth):
+        ls = [m[i] for m in mlps]
+        layers.append((torch.stack([layer.weight.mT for layer in ls]),
+                       torch.stack([layer.bias for layer in ls]).unsqueeze(1),
+                       torch.stack([layer.ln.weight for layer in ls]).unsqueeze(1),
+                       torch.stack([layer.ln.bias for layer in ls]).unsqueeze(1)))
+    return layers
+
+
+def stacked_hidden(x: torch.Tensor, layers) -> torch.Tensor:
+    """The hidden layers of n MLPs that read the same input x (M, in), one batched matmul per
+    layer (``stack_hidden``): (n, M, hidden)."""
+    x = x.unsqueeze(0).expand(len(layers[0][0]), *x.shape)
+    for layer in layers:
+        x = stacked_layer(x, *layer)
+    return x
 
 
 class ShiftAug(nn.Module):

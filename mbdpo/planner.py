@@ -1,7 +1,8 @@
 """The model-based diffusion planner (ALGORITHM.md §3) and the score-network sampler (§4).
 
-The planner sees the world model only through ``next / reward / energy / termination_logit /
-Q_avg / pi``. Shapes: E environments (or states), K candidates, H horizon, A action dims,
+The planner sees the world model only through ``step`` (reward, energy and next latent of one
+imagined step, with the three networks' hidden layers as one batched matmul per layer:
+``stacked_heads``), ``termination_logit``, ``Q_avg`` and ``pi``. Shapes: E environments (or states), K candidates, H horizon, A action dims,
 L latent dims. Every candidate of every environment is evaluated in one batched call per
 horizon step; there is no Python loop over candidates or environments.
 """
@@ -24,14 +25,18 @@ class DiffusionPlanner:
         self.K, self.P = cfg.diffusion_num_samples, cfg.diffusion_num_pi_trajs
         self.num_elites, self.temperature = cfg.diffusion_num_elites, cfg.diffusion_temperature
         self.eta = float(cfg.energy_eta)
+        self.to(self.alphas.device)
 
     def to(self, device) -> "DiffusionPlanner":
         self.alphas, self.alphas_bar = self.alphas.to(device), self.alphas_bar.to(device)
+        # (ᾱ_τ, α_τ) of the denoising steps τ = N-1, ..., 1, in the order plan() takes them
+        self.schedule = [(self.alphas_bar[i], self.alphas[i])
+                         for i in range(len(self.alphas) - 1, 0, -1)]
         return self
 
     # -- the imagined return -----------------------------------------------------------
     def returns(self, z: torch.Tensor, X: torch.Tensor, e, discount: torch.Tensor, mask=None,
-                num_pi: int = 0):
+                num_pi: int = 0, heads=None):
         """J(X) = Σ_t γ^t [R + η F̂](z_t, a_t) + γ^H Q_avg(z_H, π(z_H)) of every candidate, in
         one pass and so under one draw of the Q pair: their ranking is never a matter of which
         ensemble members scored them.
@@ -39,9 +44,12 @@ class DiffusionPlanner:
         z: (E, L) start latents; X: (E, K, H, A) candidate plans; e: (E, 1, T) or None;
         discount: (E, 1); mask: (E, 1, A) or None. ``num_pi`` policy-prior candidates are put in
         front of X: their actions are drawn from π at each latent they reach, in the same pass.
+        ``heads``: the model's ``stacked_heads()`` (built here when None).
         Returns J (E, num_pi + K) and the plans it scored (E, num_pi + K, H, A).
         """
         model = self.model
+        if heads is None:
+            heads = model.stacked_heads(energy=bool(self.eta))
         z = z.unsqueeze(1).expand(-1, num_pi + X.shape[1], -1)  # (E, P + K, L)
         J = torch.zeros(z.shape[:2], device=X.device)
         gamma = torch.ones_like(discount)
@@ -52,11 +60,11 @@ class DiffusionPlanner:
             if num_pi:  # the policy-prior candidates act at their own imagined latents
                 a = torch.cat([model.pi(z[:, :num_pi], e, mask)[0], a], 1)
                 acts.append(a)
-            r = model.reward(z, a, e)
+            r, energy, z_next = model.step(z, a, e, heads)
             if self.eta:
-                r = r + self.eta * model.energy(z, a, e)
+                r = r + self.eta * energy
             J = J + gamma * (r if alive is None else r * alive)
-            z = model.next(z, a, e)
+            z = z_next
             gamma = gamma * discount
             if model.termination_head is not None:
                 fired = (model.termination_logit(z, e) > 0).float()
@@ -67,7 +75,7 @@ class DiffusionPlanner:
         return J, (torch.stack(acts, 2) if num_pi else X)
 
     # -- one denoising step --------------------------------------------------------------
-    def weighted_mean(self, z, e, mask, discount, x, abar, with_spread: bool = False):
+    def weighted_mean(self, z, e, mask, discount, x, abar, heads, with_spread: bool = False):
         """Draw K candidates around x/sqrt(ᾱ) (the first P of them fresh rollouts of the
         policy prior), score all of them in one call, return the softmax-weighted mean of the
         elites X̄ (E, H, A). ``abar`` is a scalar or (E, 1, 1, 1); mask is (E, 1, A) or None.
@@ -78,7 +86,7 @@ class DiffusionPlanner:
         X = (x.unsqueeze(1) / abar.sqrt() + ((1 - abar) / abar).sqrt() * eps).clamp(-1, 1)
         if mask is not None:
             X = X * mask.unsqueeze(1)
-        J, X = self.returns(z, X, e, discount, mask, num_pi=self.P)
+        J, X = self.returns(z, X, e, discount, mask, num_pi=self.P, heads=heads)
         J = (J - J.mean(1, keepdim=True)) / (J.std(1, keepdim=True) + 1e-6)
         elite_J, idx = torch.topk(J, self.num_elites, dim=1)  # (E, n_elites)
         elites = torch.gather(X, 1, idx[:, :, None, None].expand(-1, -1, self.H, self.A))
@@ -102,19 +110,28 @@ class DiffusionPlanner:
         None; discount (E,); mu_warm (E, H, A). Returns the plan (E, H, A) in [-1, 1]; with
         ``spread`` (diagnostics: eager steps) and the elites' spread (E,) at the last step."""
         e, mask, discount = self._per_env(e, mask, discount)
-        N = len(self.alphas_bar)
-        x = self.alphas_bar[N - 1].sqrt() * mu_warm
+        heads = self.model.stacked_heads(energy=bool(self.eta))  # once per action
+        x = self.schedule[0][0].sqrt() * mu_warm
         last = None
-        for i in range(N - 1, 0, -1):
-            abar = self.alphas_bar[i]
+        for abar, alpha in self.schedule:
             if spread:  # the class's eager step (the instance's may be compiled)
                 x_bar, last = DiffusionPlanner.weighted_mean(self, z, e, mask, discount, x,
-                                                             abar, with_spread=True)
+                                                             abar, heads, with_spread=True)
+                x = self.update_plan(x, x_bar, abar, alpha)
             else:
-                x_bar = self.weighted_mean(z, e, mask, discount, x, abar)
-            score = self.score_from_mean(x, x_bar, abar)  # Monte-Carlo score estimate
-            x = (x + (1 - abar) * score) / self.alphas[i].sqrt()
+                x = self.denoise(z, e, mask, discount, x, abar, alpha, heads)
         return (x.clamp(-1, 1), last) if spread else x.clamp(-1, 1)
+
+    def denoise(self, z, e, mask, discount, x, abar, alpha, heads):
+        """One denoising step x_τ -> x_τ-1 (ᾱ_τ = abar, α_τ = alpha): the elites' weighted mean
+        X̄, the Monte-Carlo score from it, the step. compile=true compiles this whole."""
+        return self.update_plan(x, self.weighted_mean(z, e, mask, discount, x, abar, heads),
+                                abar, alpha)
+
+    @classmethod
+    def update_plan(cls, x, x_bar, abar, alpha):
+        """x_τ-1 = (x_τ + (1 - ᾱ_τ)·ŝ)/sqrt(α_τ), with ŝ the score of X̄."""
+        return (x + (1 - abar) * cls.score_from_mean(x, x_bar, abar)) / alpha.sqrt()
 
     @staticmethod
     def score_from_mean(x, x_bar, abar):
@@ -124,13 +141,10 @@ class DiffusionPlanner:
     @torch.no_grad()
     def plan_with_score_net(self, z, e, mask, mu_warm):
         """score_only_inference: N-1 calls of the score network, no world-model rollouts."""
-        N = len(self.alphas_bar)
-        x = self.alphas_bar[N - 1].sqrt() * mu_warm
-        for i in range(N - 1, 0, -1):
-            abar = self.alphas_bar[i]
-            tau = torch.full(x.shape[:1], i, device=x.device)
-            score = self.score_from_mean(x, self.model.denoised_mean(z, e, x, tau), abar)
-            x = (x + (1 - abar) * score) / self.alphas[i].sqrt()
+        x = self.schedule[0][0].sqrt() * mu_warm
+        for j, (abar, alpha) in enumerate(self.schedule):
+            tau = torch.full(x.shape[:1], len(self.schedule) - j, device=x.device)
+            x = self.update_plan(x, self.model.denoised_mean(z, e, x, tau), abar, alpha)
             if mask is not None:
                 x = x * mask[:, None, :]
         return x.clamp(-1, 1)
@@ -145,5 +159,6 @@ class DiffusionPlanner:
         abar = self.alphas_bar[tau][:, None, None]
         x = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn_like(x0)
         e, mask, discount = self._per_env(e, mask, discount)
-        x_bar = self.weighted_mean(z, e, mask, discount, x, abar[..., None])
+        x_bar = self.weighted_mean(z, e, mask, discount, x, abar[..., None],
+                                   self.model.stacked_heads(energy=bool(self.eta)))
         return x, tau, x_bar

@@ -35,7 +35,7 @@ CASES = [
     ("a zero planning horizon", "train.py", ["plan_horizon=0"]),
     ("a score network planning another horizon", "train.py",
      ["use_score_network=true", "plan_horizon=5"]),
-    ("compile and CUDA graphs together", "train.py", ["compile=true", "cuda_graphs=true"]),
+    ("a compile setting that is not auto, true or false", "train.py", ["compile=fast"]),
     ("a precision that does not exist", "train.py", ["precision=fp16"]),
     ("a planner precision that does not exist", "train.py", ["plan_precision=half"]),
     ("zero updates per step", "train.py", ["utd=0"]),

@@ -24,6 +24,12 @@ class QuadraticModel:
     def energy(self, z, a, e):
         return torch.zeros(a.shape[:-1])
 
+    def stacked_heads(self, energy=True):
+        return None
+
+    def step(self, z, a, e, heads):
+        return self.reward(z, a, e), self.energy(z, a, e), self.next(z, a, e)
+
     def Q_avg(self, z, a, e):
         return torch.zeros(z.shape[:-1])
 

@@ -1,0 +1,81 @@
+"""How the agent's two hot functions run: the action (``MBDPO._plan``) and the update
+(``MBDPO._update``). One concern with one home: the agent hands them here and gets back the
+callables it calls.
+
+Four ways, chosen by ``compile`` and ``cuda_graphs`` (each ``auto``, ``true`` or ``false``;
+``auto`` is true on a CUDA device and false on the CPU):
+
+- eager: PyTorch's operations one by one (~8,600 per action at the published settings);
+- compiled (``compile``): inductor fuses each denoising step, the world-model losses and the
+  policy loss, forward and backward, into few kernels (``mbdpo/compiled.py``);
+- graphed (``cuda_graphs``, CUDA only): the whole action and the whole update are recorded once
+  as CUDA graphs and replayed with one launch (``mbdpo/cuda_graph.py``);
+- both, the default on a GPU: the graphs record the compiled kernels, so an action is one
+  replay of fused kernels and nothing waits for the host.
+
+Inductor runs without its own CUDA graphs (``mode=None``): ``Graphed`` records the whole call,
+compiled parts and eager glue (optimiser steps, target update) together; torch.compile's
+reduce-overhead mode would record graphs per compiled function, which the update's backward
+and policy step overwrite while their outputs are still in use (seen on an H200: "accessing
+tensor output of CUDAGraphs that has been overwritten by a subsequent run").
+
+Under torchrun (data-parallel pretraining) the update's losses hold collectives: the update
+stays eager there; the planner is still compiled and graphed.
+
+Every step falls back on its own: a failed compile warns once and runs that function eagerly;
+a failed capture warns once and runs the call uncaptured (still compiled).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mbdpo.compiled import Compiled
+from mbdpo.config import resolve_flag
+from mbdpo.cuda_graph import Graphed
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The resolved choice: compile the hot functions, record them as CUDA graphs."""
+    compile: bool
+    graphs: bool
+
+
+def paths(cfg, device: torch.device) -> Paths:
+    """What ``compile`` and ``cuda_graphs`` (auto | true | false) choose on ``device``: auto is
+    true on CUDA; CUDA graphs are never used off CUDA, whatever the setting."""
+    return Paths(compile=resolve_flag(cfg.get("compile", False), device),
+                 graphs=resolve_flag(cfg.get("cuda_graphs", False), device)
+                 and device.type == "cuda")
+
+
+def accelerate(agent, chosen: Paths, data_parallel: bool):
+    """Wrap the agent's hot functions as ``chosen`` says; returns (plan_fn, update_fn).
+
+    Compiled pieces are installed on the agent and its planner in place (the denoising step
+    ``planner.denoise``, the losses ``agent._model_losses`` and ``agent._pi_loss``), so
+    that the whole-call functions, eager or graphed, call the compiled kernels."""
+    if chosen.compile:
+        agent.planner.denoise = Compiled(agent.planner.denoise,
+                                         label="the planner's denoising step")
+        if not data_parallel:
+            agent._model_losses = Compiled(agent._model_losses, label="the world-model losses")
+            agent._pi_loss = Compiled(agent._pi_loss, label="the policy prior's loss")
+    plan_fn, update_fn = agent._plan, agent._update
+    if chosen.graphs:
+        plan_fn = Graphed(plan_fn, label="the action")
+        if not data_parallel:
+            update_fn = Graphed(update_fn, label="the update")
+    return plan_fn, update_fn
+
+
+def graphed(fns) -> list[Graphed]:
+    return [f for f in fns if isinstance(f, Graphed)]
+
+
+def compiled(agent) -> list[Compiled]:
+    """The compiled pieces of ``agent`` (empty when compile is off)."""
+    fns = (agent.planner.denoise, agent._model_losses, agent._pi_loss)
+    return [f for f in fns if isinstance(f, Compiled)]
