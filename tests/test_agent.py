@@ -656,7 +656,7 @@ def test_compiling_is_shown_once_per_input_shape(capsys):
     assert torch.allclose(f(torch.ones(3)), torch.full((3,), 2.0).sin())
     line = capsys.readouterr().out
     assert line.startswith("compiling a small function (once per process and input shape;")
-    assert float(line.split()[-2]) > 0 and line.rstrip().endswith(" s")
+    assert float(line.split()[-2]) >= 0 and line.rstrip().endswith(" s")  # 0.0 from the cache
     f(torch.zeros(3))
     assert capsys.readouterr().out == ""
     f(torch.ones(2, 2))  # another shape compiles again
