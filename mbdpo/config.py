@@ -66,9 +66,11 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def resolve_flag(setting, device: torch.device) -> bool:
-    """``compile`` / ``cuda_graphs`` (auto | true | false) on ``device``: auto is true on CUDA."""
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+def resolve_flag(setting, device: torch.device, graphs: bool = False) -> bool:
+    """``compile`` / ``cuda_graphs`` (auto | true | false) on ``device``: auto is true on CUDA;
+    CUDA graphs (``graphs``) are never used off CUDA, whatever the setting."""
+    on = device.type == "cuda" if setting == "auto" else bool(setting)
+    return on and (not graphs or device.type == "cuda")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -230,7 +232,7 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     cfg.device = str(device)
     # auto: compiled kernels in CUDA graphs on a GPU, eager on the CPU (mbdpo/execution.py)
     cfg.compile = resolve_flag(cfg.compile, device)
-    cfg.cuda_graphs = resolve_flag(cfg.cuda_graphs, device) and device.type == "cuda"
+    cfg.cuda_graphs = resolve_flag(cfg.cuda_graphs, device, graphs=True)
 
     # derived per-task values
     specs = [get_task(t) for t in tasks]

@@ -47,8 +47,7 @@ def paths(cfg, device: torch.device) -> Paths:
     """What ``compile`` and ``cuda_graphs`` (auto | true | false) choose on ``device``: auto is
     true on CUDA; CUDA graphs are never used off CUDA, whatever the setting."""
     return Paths(compile=resolve_flag(cfg.get("compile", False), device),
-                 graphs=resolve_flag(cfg.get("cuda_graphs", False), device)
-                 and device.type == "cuda")
+                 graphs=resolve_flag(cfg.get("cuda_graphs", False), device, graphs=True))
 
 
 def accelerate(agent, chosen: Paths, data_parallel: bool):
