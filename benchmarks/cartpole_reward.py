@@ -61,10 +61,10 @@ def main():
     obs = torch.zeros(len(xs), 5)
     obs[:, 0], obs[:, 1] = xs, 1.0  # upright and still, the cart at x
     with torch.no_grad():
-        z = m.encode(obs, None)
-        q = m.Q_avg(z, m.pi(z, None)[0], None)
-        first = agent.act(obs, torch.ones(len(xs), dtype=torch.bool), eval_mode=True,
-                          stream="probe")[:, 0]
+        z = m.encode(obs[None], None)  # the agent's one seed
+        q = m.Q_avg(z, m.pi(z, None)[0], None)[0]
+        first = agent.act(obs[None], torch.ones(1, len(xs), dtype=torch.bool), eval_mode=True,
+                          stream="probe")[0, :, 0]
     print("upright, still states:  x " + " ".join(f"{x:+6.2f}" for x in xs.tolist()))
     print("  Q(z, pi(z))            " + " ".join(f"{v:6.1f}" for v in q.tolist()))
     print("  planner's first action " + " ".join(f"{v:+6.2f}" for v in first.tolist()))

@@ -11,7 +11,8 @@ a part that hangs or fails costs only itself and what the budget cuts comes last
 1. ``tests``: the CUDA tests (``pytest tests/test_agent.py -k "cuda or compiled"``).
 2. ``speed_<size>``: ``benchmarks/speed.py`` at the published planner and batch for eager fp32
    and the default path (no speed flags), act and update ms, kernels per act, env steps/s with
-   1 and 8 environments (one update per environment step), sizes 5, 1 and 19.
+   1 and 8 environments (one update per environment step), sizes 5, 1 and 19; the first size
+   also with 4 seeds in one agent (total env steps/s of S = 4 against S = 1).
 3. ``train``: ``scripts/train.py task=walker-walk steps=3000 seed_steps=1000`` with no speed
    flags: its env steps/s from train.csv (the last episode's steps over its wall time: acting,
    stepping, updating; and the whole run's), the return.
@@ -121,22 +122,23 @@ def main():
              "-p", "no:cacheprovider"]
     record("tests", run(tests, min(150, left()), env))
 
-    def speed(size: int) -> None:
+    def speed(size: int, seeds: str = "1") -> None:
         if left() < 60:
             return
         path = os.path.join(tempfile.gettempdir(), f"gpu_check_speed_{size}.json")
         cmd = [py, "benchmarks/speed.py", f"sizes={size}", "variants=fp32,default",
-               "num_envs=1,8", f"device={device}", f"out={path}", *shrink]
+               "num_envs=1,8", f"seeds={seeds}", f"device={device}", f"out={path}", *shrink]
         part = run(cmd, min(240, left() - 30), env)
         if part["rc"] == 0:
             with open(path) as f:
                 part["rows"] = [{k: r[k] for k in (
-                    "model_size", "variant", "compile", "cuda_graphs", "act_ms", "update_ms",
+                    "model_size", "variant", "seeds", "steps_ratio_vs_first_seeds",
+                    "compile", "cuda_graphs", "act_ms", "update_ms",
                     "kernels_per_act", "aten_ops_per_act", "env_steps_per_s",
                     "env_steps_per_s_by_num_envs", "first_call_s")} for r in json.load(f)["rows"]]
         record(f"speed_{size}", part)
 
-    speed(sizes[0])  # then the runs, then the other sizes: what the budget cuts goes last
+    speed(sizes[0], "1,4")  # then the runs, then the other sizes: what the budget cuts goes last
     work = tempfile.mkdtemp(prefix="gpu_check_runs_")
     train = [py, "scripts/train.py", "task=walker-walk", f"device={device}", f"work_dir={work}",
              "seed_steps=1000" if not tiny else "seed_steps=100", "eval_episodes=2",

@@ -63,9 +63,9 @@ def main():
     def returns(X, bf16: bool, q_seed: int) -> torch.Tensor:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with torch.no_grad(), ctx:
-            z = m.encode(obs, None)
+            z = m.encode(obs[None], None)  # the agent's one seed
             torch.manual_seed(q_seed)  # the same draw of the Q pair
-            return pl.returns(z, X, None, disc)[0].float()
+            return pl.returns(z, X[None], None, disc[None])[0][0].float()
 
     abar = pl.alphas_bar
     N = len(abar)

@@ -91,26 +91,28 @@ def probe(agent, cfg, episodes: dict, replans: int) -> dict:
     g = torch.Generator().manual_seed(0)
     for ep in episodes:
         o, a, r = (torch.as_tensor(ep[k]) for k in ("obs", "action", "reward"))
-        z = m.encode(o, None)  # (L+1, latent)
+        # the agent's one seed: inputs gain the seed dimension, outputs lose it
+        z = m.encode(o[None], None)[0]  # (L+1, latent)
         zt = z[:-1]
-        rows["r_err"].append((m.reward(zt, a, None) - r).abs())
+        rows["r_err"].append((m.reward(zt[None], a[None], None)[0] - r).abs())
         rows["r"].append(r.abs())
-        rows["dyn"].append((m.next(zt, a, None) - z[1:]).pow(2).sum(-1))
+        rows["dyn"].append((m.next(zt[None], a[None], None)[0] - z[1:]).pow(2).sum(-1))
         n = max(0, len(r) - keep)
         if n:
-            pi_a = m.pi(zt[:n], None)[0]
-            rows["q"].append(m.Q_avg(zt[:n], pi_a, None))
+            pi_a = m.pi(zt[None, :n], None)[0]
+            rows["q"].append(m.Q_avg(zt[None, :n], pi_a, None)[0])
             rows["g"].append(torch.as_tensor(returns_to_go(r.numpy(), gamma)[:n]))
         rand = torch.rand(32, *a.shape, generator=g) * 2 - 1  # (32, L, A)
-        rows["q_std"].append(m.Q_avg(zt.expand(32, *zt.shape), rand, None).std(0))
-        rows["f_data"].append(m.energy(zt, a, None))
-        rows["f_rand"].append(m.energy(zt, rand[0], None))
+        rows["q_std"].append(m.Q_avg(zt.expand(1, 32, *zt.shape), rand[None], None)[0].std(0))
+        rows["f_data"].append(m.energy(zt[None], a[None], None)[0])
+        rows["f_rand"].append(m.energy(zt[None], rand[None, 0], None)[0])
     # the planner against the prior, on 64 states spread over the episodes
     idx = torch.linspace(0, len(obs) - 1, 64).long()
     o = obs[idx]
-    mu = m.pi(m.encode(o, None), None)[2]
-    firsts = torch.stack([agent.act(o, torch.ones(len(o), dtype=torch.bool), eval_mode=True,
-                                    stream="probe") for _ in range(replans)])  # (R, 64, A)
+    mu = m.pi(m.encode(o[None], None), None)[2][0]
+    firsts = torch.stack([agent.act(o[None], torch.ones(1, len(o), dtype=torch.bool),
+                                    eval_mode=True, stream="probe")[0]
+                          for _ in range(replans)])  # (R, 64, A)
     rows["gap"].append((firsts - mu).abs().mean(0))
     rows["spread"].append(firsts.std(0))
     cat = {k: torch.cat([v.flatten().float() for v in vs]) for k, vs in rows.items() if vs}

@@ -8,6 +8,7 @@ machine's fp32 and bf16 matrix-multiply throughput, for each model size and each
     python benchmarks/speed.py sizes=5,19 device=cuda  # on a GPU
     python benchmarks/speed.py sizes=1 diffusion_num_samples=128 diffusion_steps=10
     python benchmarks/speed.py variants=fp32,bf16+compile num_envs=1,4
+    python benchmarks/speed.py sizes=5 variants=default seeds=1,4   # S seeds in one process
 
 A variant is the update's precision (fp32 | bf16), with ``+bf16plan`` for plan_precision=bf16
 (the planner's rollouts in bf16 too), ``+compile`` for compile=true and ``+graphs`` for
@@ -15,7 +16,9 @@ cuda_graphs=true (each off unless named), or ``default``: the settings as a run 
 flags resolves them (on a GPU: compiled kernels in CUDA graphs; on the CPU: eager fp32). The
 default list is fp32, bf16, fp32+compile, bf16+compile and bf16+bf16plan+compile, ``fp32``
 first: the baseline (fp32 eager) that the ratio columns divide by, measured in the same run.
-``kernels/act`` counts what one action launches, graphs bypassed (a replay launches the same
+``seeds=1,4`` measures each variant with S seeds trained as one batched agent (one action
+plans for all S, one update steps all S; ``steps/s`` counts every seed's steps, ``x seeds`` is
+the ratio to the first count). ``kernels/act`` counts what one action launches, graphs bypassed (a replay launches the same
 kernels from one call): on a GPU the profiler's CUDA kernels, on the CPU the top-level aten
 operations plus inductor's fused kernels. Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes
 elsewhere). Other key=value pairs are config overrides (any key of cfgs/config.yaml).
@@ -37,7 +40,7 @@ sys.path.insert(0, ROOT)
 
 import torch._inductor.config as inductor_config  # noqa: E402
 
-from mbdpo.agent import MBDPO  # noqa: E402
+from mbdpo.agent import MBDPO, stack_seeds  # noqa: E402
 from mbdpo.config import num_params  # noqa: E402
 from mbdpo.envs import make_env  # noqa: E402
 from mbdpo.replay import EpisodeReplay  # noqa: E402
@@ -136,13 +139,15 @@ def make_cfg(overrides):
 
 
 def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
-               num_envs: list[int]) -> dict:
+               num_envs: list[int], S: int = 1) -> dict:
+    """One row: model ``size``, ``variant``, ``S`` seeds in one agent (times are of one call
+    for all S; env steps/s counts every seed's steps)."""
     cfg = make_cfg([f"model_size={size}"] + overrides + parse_variant(variant))
     device = torch.device(cfg.device)
     env = make_env(cfg)
     fill_env_dims(cfg, env)
     torch.manual_seed(0)
-    agent = MBDPO(cfg)
+    agent = MBDPO(cfg, seeds=list(range(1, S + 1)))
     params = num_params(agent.model) - num_params(agent.model.Qs_target)
 
     # replay with a few random episodes for realistic batches
@@ -159,11 +164,14 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
             rews.append(r)
         buf.add_episode(torch.as_tensor(np.stack(obs)), torch.stack(acts), torch.tensor(rews))
 
-    obs0 = torch.as_tensor(env.reset()[0]).unsqueeze(0)
-    t0 = torch.tensor([False])
+    obs0 = torch.as_tensor(env.reset()[0]).expand(S, 1, -1)  # one environment per seed
+    t0 = torch.zeros(S, 1, dtype=torch.bool)
+
+    def sample():
+        return stack_seeds([buf.sample(cfg.batch_size, cfg.horizon) for _ in range(S)])
     t = time.perf_counter()
     agent.act(obs0, t0)  # compiles, with compile=true
-    batch = buf.sample(cfg.batch_size, cfg.horizon)
+    batch = sample()
     agent.update(batch)
     first_s = time.perf_counter() - t
     act_s = timed(lambda: agent.act(obs0, t0), device, reps=5)
@@ -179,22 +187,24 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
     # a short online run with n environments: act for all n at once, step them, sample,
     # update once per environment step (utd 1)
     online_sps = {}
-    for n in num_envs:
-        envs = [env] + [make_env(cfg, seed=cfg.seed + i) for i in range(1, n)]
-        o = torch.as_tensor(np.stack([e.reset()[0] for e in envs]))
-        first = torch.ones(n, dtype=torch.bool)
+    for n in num_envs:  # n environments per seed
+        envs = [env] + [make_env(cfg, seed=cfg.seed + i) for i in range(1, n * S)]
+        o = torch.as_tensor(np.stack([e.reset()[0] for e in envs])).view(S, n, -1)
+        first = torch.ones(S, n, dtype=torch.bool)
         agent.act(o, first)  # with compile=true: compiles for n environments
         iters = max(1, online_steps // n)
         sync(device)
         t = time.perf_counter()
         for i in range(iters):
-            a = agent.act(o, first if i == 0 else ~first).cpu().numpy()
-            o = torch.as_tensor(np.stack([e.step(ai)[0] for e, ai in zip(envs, a)]))
+            a = agent.act(o, first if i == 0 else ~first).cpu().numpy().reshape(S * n, -1)
+            o = torch.as_tensor(np.stack([e.step(ai)[0] for e, ai in zip(envs, a)])).view(
+                S, n, -1)
             for _ in range(n):
-                agent.update(buf.sample(cfg.batch_size, cfg.horizon))
+                agent.update(sample())
         sync(device)
-        online_sps[n] = n * iters / (time.perf_counter() - t)
-    return {"model_size": size, "variant": variant, "params": params, "act_ms": 1e3 * act_s,
+        online_sps[n] = S * n * iters / (time.perf_counter() - t)
+    return {"model_size": size, "variant": variant, "seeds": S, "params": params,
+            "act_ms": 1e3 * act_s,
             "update_ms": 1e3 * update_s, "env_steps_per_s": online_sps[num_envs[0]],
             "env_steps_per_s_by_num_envs": online_sps,
             "aten_ops_per_act": ops, "kernels_per_act": kernels, "first_call_s": first_s,
@@ -205,7 +215,7 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
 
 
 def main():
-    sizes, overrides, online_steps, num_envs = [1, 5], [], 20, [1, 4]
+    sizes, overrides, online_steps, num_envs, seeds = [1, 5], [], 20, [1, 4], [1]
     variants = ["fp32", "bf16", "fp32+compile", "bf16+compile", "bf16+bf16plan+compile"]
     out = os.path.join(ROOT, "benchmarks", "results", "speed.json")
     for a in sys.argv[1:]:
@@ -218,6 +228,8 @@ def main():
                 parse_variant(x)
         elif k == "num_envs":
             num_envs = [int(x) for x in v.strip("[]").split(",") if x]
+        elif k == "seeds":
+            seeds = [int(x) for x in v.strip("[]").split(",") if x]
         elif k == "online_steps":
             online_steps = int(v)
         elif k == "out":
@@ -236,29 +248,36 @@ def main():
     rows = []
     for s in sizes:
         for v in variants:
-            rows.append(bench_size(s, v, overrides, online_steps, num_envs))
-            r = rows[-1]
-            print(f"  size {s} {v}: act {r['act_ms']:.1f} ms, update {r['update_ms']:.1f} ms, "
-                  f"{r['env_steps_per_s']:.2f} env steps/s", flush=True)
+            for S in seeds:
+                rows.append(bench_size(s, v, overrides, online_steps, num_envs, S))
+                r = rows[-1]
+                print(f"  size {s} {v} seeds {S}: act {r['act_ms']:.1f} ms, update "
+                      f"{r['update_ms']:.1f} ms, {r['env_steps_per_s']:.2f} env steps/s",
+                      flush=True)
     proc = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine())
     print(f"\ndevice {device} ({proc}, {torch.get_num_threads()} threads), matmul "
           f"{gemm['fp32']:.0f} GFLOP/s fp32, {gemm['bf16']:.0f} bf16, task {cfg.task}, "
           f"planner K={rows[0]['K']} N={rows[0]['N']}, batch {rows[0]['batch_size']}; "
           f"x = time / the size's first variant's, same run")
-    head = (f"{'size':>4} {'variant':>21} {'act ms':>8} {'x':>5} {'update ms':>10} {'x':>5} "
-            f"{'steps/s':>8} {'x' + str(num_envs[-1]) + ' envs':>8} {'kernels/act':>12} "
+    head = (f"{'size':>4} {'variant':>21} {'seeds':>5} {'act ms':>8} {'x':>5} {'update ms':>10} "
+            f"{'x':>5} {'steps/s':>8} {'x seeds':>7} {'x' + str(num_envs[-1]) + ' envs':>8} "
+            f"{'kernels/act':>12} "
             f"{'first call s':>13} {'GFLOP/act':>10} "
             f"{'GFLOP/s':>8} {'% fp32 mm':>10} {'% bf16 mm':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
         base = next(b for b in rows if b["model_size"] == r["model_size"])
+        one = next(b for b in rows if b["model_size"] == r["model_size"]
+                   and b["variant"] == r["variant"])  # the first seeds count of the variant
         r["act_ratio"] = r["act_ms"] / base["act_ms"]
         r["update_ratio"] = r["update_ms"] / base["update_ms"]
-        print(f"{r['model_size']:>4} {r['variant']:>21} {r['act_ms']:>8.1f} "
+        # total env steps/s against the variant's first seeds count (seeds=1,4: S=4 / S=1)
+        r["steps_ratio_vs_first_seeds"] = r["env_steps_per_s"] / one["env_steps_per_s"]
+        print(f"{r['model_size']:>4} {r['variant']:>21} {r['seeds']:>5} {r['act_ms']:>8.1f} "
               f"{r['act_ratio']:>5.2f} {r['update_ms']:>10.1f} {r['update_ratio']:>5.2f} "
-              f"{r['env_steps_per_s']:>8.2f} "
+              f"{r['env_steps_per_s']:>8.2f} {r['steps_ratio_vs_first_seeds']:>7.2f} "
               f"{r['env_steps_per_s_by_num_envs'][num_envs[-1]]:>8.2f} {r['kernels_per_act']:>12,} "
               f"{r['first_call_s']:>13.1f} {r['act_gflop']:>10.2f} {r['planner_gflops']:>8.1f} "
               f"{100 * r['planner_gflops'] / gemm['fp32']:>9.0f}% "
@@ -269,6 +288,7 @@ def main():
                    "device": str(device), "torch": torch.__version__, "processor": proc,
                    "commit": code_version(),
                    "overrides": overrides, "variants": variants, "num_envs": num_envs,
+                   "seeds": seeds,
                    "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
     print(f"wrote {out}")
 

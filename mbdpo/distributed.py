@@ -132,11 +132,12 @@ def share(n: int) -> slice:
 
 
 def mean_and_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (biased) std of ``x`` over all ranks' elements (equal numbers on each)."""
+    """Mean and (biased) std of each row of ``x`` (S, n) over all ranks' elements (equal
+    numbers on each): two (S,) tensors."""
     x = x.detach().float()
     if not active():
-        return x.mean(), x.std(unbiased=False)
-    moments = torch.stack([x.mean(), x.pow(2).mean()])
+        return x.mean(-1), x.std(-1, unbiased=False)
+    moments = torch.stack([x.mean(-1), x.pow(2).mean(-1)])
     dist.all_reduce(moments)
     moments /= world()
     mean = moments[0]

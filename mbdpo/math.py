@@ -54,18 +54,19 @@ class TwoHot:
 
 
 def squashed_gaussian(mean: torch.Tensor, log_std_raw: torch.Tensor, log_std_min: float,
-                      log_std_max: float, mask: torch.Tensor | None = None):
+                      log_std_max: float, noise, mask: torch.Tensor | None = None):
     """Sample a tanh-squashed Gaussian. Returns (action, Gaussian log-prob (..., 1), mean action).
 
     The log-prob is that of the Gaussian sample *before* the tanh, summed over the used action
     dimensions: the quantity TD-MPC2's scaled entropy is built from (its tanh Jacobian terms
     cancel there, so they are not computed). ``log_std_raw`` is mapped to
     [log_std_min, log_std_max] through tanh. Dimensions where ``mask`` is 0 give action 0 and
-    do not count in the log-prob.
+    do not count in the log-prob. The Gaussian noise comes from ``noise`` (the seeds' streams;
+    the tensors lead with the seed dimension).
     """
     mean, log_std_raw = mean.float(), log_std_raw.float()  # fp32 under bf16 autocast too
     log_std = log_std_min + 0.5 * (log_std_max - log_std_min) * (torch.tanh(log_std_raw) + 1)
-    eps = torch.randn_like(mean)
+    eps = noise.randn_like(mean)
     action = torch.tanh(mean + eps * log_std.exp())
     log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
     mu = torch.tanh(mean)
@@ -75,62 +76,89 @@ def squashed_gaussian(mean: torch.Tensor, log_std_raw: torch.Tensor, log_std_min
 
 
 def quantiles(x: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
-    """Quantiles of a 1-D tensor with torch.quantile's linear interpolation, at positions
-    computed on the host from x's length: no device-to-host read, so it runs in a CUDA graph."""
-    s, n = x.sort().values, x.numel()
+    """Quantiles of each row of x (..., n) with torch.quantile's linear interpolation, at
+    positions computed on the host from n: no device-to-host read, so it runs in a CUDA
+    graph. Returns one (...,) tensor per q."""
+    s, n = x.sort(-1).values, x.shape[-1]
     out = []
     for q in qs:
         pos = q * (n - 1)
         i = min(int(pos), n - 1)
         j = min(i + 1, n - 1)
-        out.append(s[i] + (s[j] - s[i]) * (pos - i))
+        out.append(s[..., i] + (s[..., j] - s[..., i]) * (pos - i))
     return out
 
 
-class RunningScale(torch.nn.Module):
-    """Smoothed 5th–95th percentile range of a quantity (used to scale Q in the policy loss)."""
+def _per_seed(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-seed values v (S,) shaped to broadcast against x (S, ...)."""
+    return v.view(-1, *[1] * (x.dim() - 1))
 
-    def __init__(self, tau: float):
+
+def _old_scalar(state_dict, key, like) -> None:
+    """A checkpoint from before the seed dimension holds a 0-d value: one seed's."""
+    v = state_dict.get(key)
+    if torch.is_tensor(v) and v.dim() == 0 and like.dim() == 1:
+        state_dict[key] = v.reshape(1)
+
+
+class RunningScale(torch.nn.Module):
+    """Smoothed 5th–95th percentile range of a quantity (used to scale Q in the policy loss),
+    one per seed: ``value`` (S,)."""
+
+    def __init__(self, tau: float, seeds: int = 1):
         super().__init__()
         self.tau = tau
-        self.register_buffer("value", torch.ones(()))
+        self.register_buffer("value", torch.ones(seeds))
         self.register_buffer("q", torch.tensor([0.05, 0.95]))  # kept: checkpoints hold it
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """Smooth the range, clamped to at least 1, into the scale (TD-MPC2's order: clamp,
-        then average, so a run of small ranges cannot pull the scale below 1)."""
+        """Smooth each seed's range of x (S, ...), clamped to at least 1, into its scale
+        (TD-MPC2's order: clamp, then average, so a run of small ranges cannot pull the scale
+        below 1)."""
         # under torchrun: the range of the global batch
-        lo, hi = quantiles(distributed.gather(x.detach().flatten().float()), (0.05, 0.95))
+        x = x.detach().float().reshape(x.shape[0], -1)
+        lo, hi = quantiles(distributed.gather(x.T).T, (0.05, 0.95))
         self.value.lerp_((hi - lo).clamp(min=1.0), self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / self.value.clamp(min=1.0)  # the clamp only matters for old checkpoints
+        # the clamp only matters for old checkpoints
+        return x / _per_seed(self.value.clamp(min=1.0), x)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _old_scalar(state_dict, prefix + "value", self.value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class RunningMeanStd(torch.nn.Module):
-    """Exponential running mean and std (momentum m) used to normalise energy logits:
-    ``mean <- m·mean + (1-m)·batch mean`` and the same for the (biased) batch std, as the
-    published code keeps them; ``forward`` gives clip((x - mean)/std, -clip, clip)."""
+    """Exponential running mean and std (momentum m) used to normalise energy logits, one
+    pair per seed (S,): ``mean <- m·mean + (1-m)·batch mean`` and the same for the (biased)
+    batch std, as the published code keeps them; ``forward`` gives
+    clip((x - mean)/std, -clip, clip) with each seed's pair."""
 
-    def __init__(self, momentum: float, clip: float):
+    def __init__(self, momentum: float, clip: float, seeds: int = 1):
         super().__init__()
         self.momentum, self.clip = momentum, clip
-        self.register_buffer("mean", torch.zeros(()))
-        self.register_buffer("std", torch.ones(()))
+        self.register_buffer("mean", torch.zeros(seeds))
+        self.register_buffer("std", torch.ones(seeds))
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        mean, std = distributed.mean_and_std(x)  # under torchrun: of the global batch
+        """x (S, ...): each seed's batch."""
+        # under torchrun: of the global batch
+        mean, std = distributed.mean_and_std(x.reshape(x.shape[0], -1))
         self.mean.lerp_(mean, 1 - self.momentum)
         self.std.lerp_(std.clamp(min=1e-6), 1 - self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / self.std.clamp(min=1e-6)).clamp(-self.clip, self.clip)
+        return ((x - _per_seed(self.mean, x)) / _per_seed(self.std.clamp(min=1e-6), x)).clamp(
+            -self.clip, self.clip)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the std was kept held a running variance instead
         var = state_dict.pop(prefix + "var", None)
         if var is not None and prefix + "std" not in state_dict:
             state_dict[prefix + "std"] = var.sqrt()
+        for name in ("mean", "std"):
+            _old_scalar(state_dict, prefix + name, getattr(self, name))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -53,36 +53,71 @@ class SimNorm(nn.Module):
         return F.softmax(x.view(*shape[:-1], -1, self.dim), dim=-1).view(shape)
 
 
-class NormedLinear(nn.Linear):
-    """Linear -> (dropout) -> LayerNorm -> activation."""
+def seed_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-seed tensor (S, *tail) viewed as (S, 1, ..., 1, *tail) with ``ndim`` dims, so
+    that it broadcasts against a tensor (S, ..., *tail) of ``ndim`` dims."""
+    return t.view(t.shape[0], *[1] * (ndim - t.dim()), *t.shape[1:])
 
-    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0,
-                 act: nn.Module | None = None):
-        super().__init__(in_features, out_features)
-        self.ln = nn.LayerNorm(out_features)
-        self.act = act if act is not None else Mish()
-        self.dropout = nn.Dropout(dropout) if dropout else None
+
+class Linear(nn.Module):
+    """S independent linear layers, one per seed: weight (S, out, in), bias (S, out). Input
+    (S, ..., in) -> (S, ..., out) in one batched matmul (with S = 1, an ordinary run)."""
+
+    def __init__(self, seeds: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(seeds, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(seeds, out_features))
+        init_linear(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
-        if self.dropout is not None:
-            x = self.dropout(x)
-        return self.act(self.ln(x))
+        S = self.weight.shape[0]
+        if self.weight.shape[1] == 1:  # one output (energy, termination): a product and a row
+            # sum, the same numbers whatever S (a batched matrix-vector product is not: BLAS
+            # takes another path for one matrix than for several)
+            return (x * self.weight.view(S, *[1] * (x.dim() - 2), -1)).sum(-1, keepdim=True) + \
+                self.bias.view(S, *[1] * (x.dim() - 1))
+        y = torch.baddbmm(self.bias.unsqueeze(1), x.reshape(S, -1, x.shape[-1]), self.weight.mT)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def mlp(in_dim: int, hidden: list[int], out_dim: int, last_act: nn.Module | None = None,
-        dropout: float = 0.0, zero_last: bool = False) -> nn.Sequential:
+class LayerNorm(nn.Module):
+    """LayerNorm over the last dimension with each seed's affine weight and bias (S, d)."""
+
+    def __init__(self, seeds: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(seeds, dim))
+        self.bias = nn.Parameter(torch.zeros(seeds, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (F.layer_norm(x, x.shape[-1:]) * seed_view(self.weight, x.dim())
+                + seed_view(self.bias, x.dim()))
+
+
+class NormedLinear(Linear):
+    """Linear -> LayerNorm -> activation, S seeds at once."""
+
+    def __init__(self, seeds: int, in_features: int, out_features: int,
+                 act: nn.Module | None = None):
+        super().__init__(seeds, in_features, out_features)
+        self.ln = LayerNorm(seeds, out_features)
+        self.act = act if act is not None else Mish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.ln(super().forward(x)))
+
+
+def mlp(seeds: int, in_dim: int, hidden: list[int], out_dim: int,
+        last_act: nn.Module | None = None, zero_last: bool = False) -> nn.Sequential:
     """Normed-linear hidden layers; a plain linear last layer unless ``last_act`` is given
-    (then the last layer is normed too, e.g. with SimNorm)."""
+    (then the last layer is normed too, e.g. with SimNorm). ``seeds`` networks of this shape
+    with stacked parameters (inputs and outputs lead with the seed dimension)."""
     dims = [in_dim] + hidden
-    layers: list[nn.Module] = [NormedLinear(dims[i], dims[i + 1], dropout=dropout * (i == 0))
+    layers: list[nn.Module] = [NormedLinear(seeds, dims[i], dims[i + 1])
                                for i in range(len(hidden))]
     if last_act is None:
-        layers.append(nn.Linear(dims[-1], out_dim))
+        layers.append(Linear(seeds, dims[-1], out_dim))
     else:
-        layers.append(NormedLinear(dims[-1], out_dim, act=last_act))
-    for layer in layers:
-        init_linear(layer.weight, layer.bias)
+        layers.append(NormedLinear(seeds, dims[-1], out_dim, act=last_act))
     if zero_last:
         nn.init.zeros_(layers[-1].weight)
     return nn.Sequential(*layers)
@@ -99,14 +134,16 @@ def init_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 
 class Ensemble(nn.Module):
-    """``n`` MLPs of the same shape with stacked parameters, evaluated in one batched matmul per
-    layer. ``forward(x, idx)`` evaluates only the members in ``idx`` (all when None).
+    """``n`` MLPs of the same shape with stacked parameters, for each of S seeds, evaluated
+    in one batched matmul per layer. ``forward(x, idx)`` evaluates only the members in ``idx``
+    (per seed; all when None).
 
-    Layer l: (E, N, d_in) @ (E, d_in, d_out) -> LayerNorm (per member affine) -> Mish;
-    dropout after the first linear; the last layer is a plain (zero-initialised) linear.
+    Layer l: (S·n, N, d_in) @ (S·n, d_in, d_out) -> LayerNorm (per member affine) -> Mish;
+    dropout after the first linear (its masks drawn from each seed's stream); the
+    last layer is a plain (zero-initialised) linear.
     """
 
-    def __init__(self, n: int, in_dim: int, hidden: list[int], out_dim: int,
+    def __init__(self, seeds: int, n: int, in_dim: int, hidden: list[int], out_dim: int,
                  dropout: float = 0.0):
         super().__init__()
         self.n, self.dropout = n, dropout
@@ -116,8 +153,8 @@ class Ensemble(nn.Module):
         self.ln_w = nn.ParameterList()
         self.ln_b = nn.ParameterList()
         for i in range(len(dims) - 1):
-            w = torch.empty(n, dims[i], dims[i + 1])
-            b = torch.empty(n, 1, dims[i + 1])
+            w = torch.empty(seeds, n, dims[i], dims[i + 1])
+            b = torch.empty(seeds, n, 1, dims[i + 1])
             init_linear(w, b)
             last = i == len(dims) - 2
             if last:  # zero-initialised output layer
@@ -125,57 +162,70 @@ class Ensemble(nn.Module):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(b))
             if not last:
-                self.ln_w.append(nn.Parameter(torch.ones(n, 1, dims[i + 1])))
-                self.ln_b.append(nn.Parameter(torch.zeros(n, 1, dims[i + 1])))
+                self.ln_w.append(nn.Parameter(torch.ones(seeds, n, 1, dims[i + 1])))
+                self.ln_b.append(nn.Parameter(torch.zeros(seeds, n, 1, dims[i + 1])))
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None,
-                detach: bool = False) -> torch.Tensor:
-        """x: (N, d_in) shared by all members, or (E, N, d_in). Returns (E, N, d_out)."""
-        def p(t):
-            t = t if idx is None else t[idx]
-            return t.detach() if detach else t
-        n = self.n if idx is None else len(idx)
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(n, *x.shape)
+                detach: bool = False, noise=None) -> torch.Tensor:
+        """x: (S, N, d_in) shared by the members; idx: (S, k) member indices or None;
+        ``noise``: the seeds' random streams (``mbdpo.noise.Noise``), for dropout in training.
+        Returns (S, k or n, N, d_out)."""
+        S = x.shape[0]
+        rows = None if idx is None else torch.arange(S, device=x.device).unsqueeze(1)
+
+        def p(t):  # (S, n, ...) -> (S·k, ...)
+            t = t if idx is None else t[rows, idx]
+            t = t.detach() if detach else t
+            return t.reshape(-1, *t.shape[2:])
+        n = self.n if idx is None else idx.shape[1]
+        x = x.unsqueeze(1).expand(S, n, *x.shape[1:]).reshape(S * n, *x.shape[1:])
         nl = len(self.weights)
         for i in range(nl - 1):
-            drop = self.dropout if i == 0 and self.training else 0.0
+            mask = None
+            if i == 0 and self.dropout and self.training:  # inverted dropout, per seed
+                keep = noise.rand(n, x.shape[1], self.weights[i].shape[-1],
+                                       device=x.device) >= self.dropout
+                mask = (keep.float() / (1 - self.dropout)).view(S * n, *x.shape[1:2], -1)
             x = stacked_layer(x, p(self.weights[i]), p(self.biases[i]), p(self.ln_w[i]),
-                              p(self.ln_b[i]), drop)
-        return torch.baddbmm(p(self.biases[-1]), x, p(self.weights[-1]))
+                              p(self.ln_b[i]), mask)
+        out = torch.baddbmm(p(self.biases[-1]), x, p(self.weights[-1]))
+        return out.view(S, n, *out.shape[1:])
 
 
-def stacked_layer(x, w, b, ln_w, ln_b, dropout: float = 0.0):
+def stacked_layer(x, w, b, ln_w, ln_b, dropout_mask=None):
     """One normed layer of n networks at once: x (n, M, in) @ w (n, in, out) + b (n, 1, out),
-    (dropout), LayerNorm with each network's affine ln_w, ln_b (n, 1, out), Mish."""
+    (times an inverted-dropout mask), LayerNorm with each network's affine ln_w, ln_b
+    (n, 1, out), Mish."""
     x = torch.baddbmm(b, x, w)
-    if dropout:
-        x = F.dropout(x, dropout, training=True)
+    if dropout_mask is not None:
+        x = x * dropout_mask
     return mish(F.layer_norm(x, x.shape[-1:]) * ln_w + ln_b)
 
 
 def stack_hidden(mlps: list[nn.Sequential]) -> list[tuple[torch.Tensor, ...]]:
-    """The hidden layers (all but the last) of MLPs of one shape built by ``mlp()``, their
-    parameters stacked per layer as ``stacked_layer`` takes them: [(w, b, ln_w, ln_b), ...].
-    A copy of the parameters (autograd reaches them through it)."""
+    """The hidden layers (all but the last) of MLPs of one shape built by ``mlp()`` (S seeds
+    each), their parameters stacked per layer as ``stacked_layer`` takes them, network-major:
+    [(w (n·S, in, out), b, ln_w, ln_b (n·S, 1, out)), ...]. A copy of the parameters (autograd
+    reaches them through it)."""
     depth = len(mlps[0]) - 1
     layers = []
     for i in range(depth):
         ls = [m[i] for m in mlps]
-        layers.append((torch.stack([layer.weight.mT for layer in ls]),
-                       torch.stack([layer.bias for layer in ls]).unsqueeze(1),
-                       torch.stack([layer.ln.weight for layer in ls]).unsqueeze(1),
-                       torch.stack([layer.ln.bias for layer in ls]).unsqueeze(1)))
+        layers.append((torch.cat([layer.weight.mT for layer in ls]),
+                       torch.cat([layer.bias for layer in ls]).unsqueeze(1),
+                       torch.cat([layer.ln.weight for layer in ls]).unsqueeze(1),
+                       torch.cat([layer.ln.bias for layer in ls]).unsqueeze(1)))
     return layers
 
 
-def stacked_hidden(x: torch.Tensor, layers) -> torch.Tensor:
-    """The hidden layers of n MLPs that read the same input x (M, in), one batched matmul per
-    layer (``stack_hidden``): (n, M, hidden)."""
-    x = x.unsqueeze(0).expand(len(layers[0][0]), *x.shape)
+def stacked_hidden(x: torch.Tensor, layers, n: int) -> torch.Tensor:
+    """The hidden layers of ``n`` MLPs (S seeds each) that read the same input x (S, M, in),
+    one batched matmul per layer (``stack_hidden``): (n, S, M, hidden)."""
+    S = x.shape[0]
+    x = x.unsqueeze(0).expand(n, *x.shape).reshape(n * S, *x.shape[1:])
     for layer in layers:
         x = stacked_layer(x, *layer)
-    return x
+    return x.view(n, S, *x.shape[1:])
 
 
 class ShiftAug(nn.Module):
@@ -185,41 +235,67 @@ class ShiftAug(nn.Module):
         super().__init__()
         self.pad = pad
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise) -> torch.Tensor:
+        """x (S, n, C, h, w); the shifts drawn from each seed's stream."""
         if not self.training:
             return x
-        n, _, h, w = x.shape
-        x = F.pad(x, (self.pad,) * 4, mode="replicate")
+        S, n, c, h, w = x.shape
+        x = F.pad(x.reshape(S * n, c, h, w), (self.pad,) * 4, mode="replicate")
         eps = 1.0 / (h + 2 * self.pad)
         arange = torch.linspace(-1 + eps, 1 - eps, h + 2 * self.pad, device=x.device)[:h]
         arange = arange.unsqueeze(0).repeat(h, 1).unsqueeze(2)
-        base = torch.cat([arange, arange.transpose(1, 0)], dim=2).unsqueeze(0).repeat(n, 1, 1, 1)
-        shift = torch.randint(0, 2 * self.pad + 1, (n, 1, 1, 2), device=x.device,
-                              dtype=x.dtype) * (2.0 / (h + 2 * self.pad))
-        return F.grid_sample(x, base + shift, padding_mode="zeros", align_corners=False)
+        base = torch.cat([arange, arange.transpose(1, 0)], dim=2).unsqueeze(0).repeat(
+            S * n, 1, 1, 1)
+        shift = noise.randint(0, 2 * self.pad + 1, (n, 1, 1, 2), device=x.device).to(
+            x.dtype).reshape(S * n, 1, 1, 2) * (2.0 / (h + 2 * self.pad))
+        out = F.grid_sample(x, base + shift, padding_mode="zeros", align_corners=False)
+        return out.view(S, n, c, h, w)
+
+
+class Conv2d(nn.Module):
+    """S independent convolutions, one per seed (weight (S, out, in, k, k)), run as one
+    grouped convolution on images laid out (n, S·in, h, w)."""
+
+    def __init__(self, seeds: int, in_channels: int, out_channels: int, kernel: int,
+                 stride: int = 1):
+        super().__init__()
+        refs = [nn.Conv2d(in_channels, out_channels, kernel) for _ in range(seeds)]  # its init
+        self.weight = nn.Parameter(torch.stack([r.weight.detach() for r in refs]))
+        self.bias = nn.Parameter(torch.stack([r.bias.detach() for r in refs]))
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        S = self.weight.shape[0]
+        return F.conv2d(x, self.weight.reshape(-1, *self.weight.shape[2:]),
+                        self.bias.reshape(-1), stride=self.stride, groups=S)
 
 
 class ConvEncoder(nn.Module):
-    """Pixels (C, 64, 64) uint8 -> latent: shift aug, scale to [-0.5, 0.5], 4 convs, SimNorm."""
+    """Pixels (C, 64, 64) uint8 -> latent: shift aug, scale to [-0.5, 0.5], 4 convs, SimNorm;
+    S seeds' encoders at once (inputs (S, ..., C, 64, 64))."""
 
-    def __init__(self, in_channels: int, num_channels: int, latent_dim: int, simnorm_dim: int):
+    def __init__(self, seeds: int, in_channels: int, num_channels: int, latent_dim: int,
+                 simnorm_dim: int):
         super().__init__()
         c = num_channels
         self.aug = ShiftAug(3)
         self.convs = nn.Sequential(
-            nn.Conv2d(in_channels, c, 7, stride=2), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 5, stride=2), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, stride=2), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, stride=1), nn.Flatten())
+            Conv2d(seeds, in_channels, c, 7, stride=2), nn.ReLU(inplace=True),
+            Conv2d(seeds, c, c, 5, stride=2), nn.ReLU(inplace=True),
+            Conv2d(seeds, c, c, 3, stride=2), nn.ReLU(inplace=True),
+            Conv2d(seeds, c, c, 3, stride=1))
         flat = c * 4 * 4  # 64 -> 29 -> 13 -> 6 -> 4
-        self.proj = nn.Identity() if flat == latent_dim else nn.Linear(flat, latent_dim)
+        self.proj = nn.Identity() if flat == latent_dim else Linear(seeds, flat, latent_dim)
         self.simnorm = SimNorm(simnorm_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-3]
-        x = x.reshape(-1, *x.shape[-3:]).float() / 255.0 - 0.5
-        x = self.proj(self.convs(self.aug(x)))
-        return self.simnorm(x).reshape(*lead, -1)
+    def forward(self, x: torch.Tensor, noise) -> torch.Tensor:
+        S, lead = x.shape[0], x.shape[1:-3]
+        x = x.reshape(S, -1, *x.shape[-3:]).float() / 255.0 - 0.5
+        x = self.aug(x, noise)  # (S, n, C, h, w)
+        n = x.shape[1]
+        x = self.convs(x.transpose(0, 1).reshape(n, -1, *x.shape[-2:]))  # (n, S·c, 4, 4)
+        x = self.proj(x.reshape(n, S, -1).transpose(0, 1))  # (S, n, latent)
+        return self.simnorm(x).reshape(S, *lead, -1)
 
 
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

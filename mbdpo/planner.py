@@ -2,9 +2,10 @@
 
 The planner sees the world model only through ``step`` (reward, energy and next latent of one
 imagined step, with the three networks' hidden layers as one batched matmul per layer:
-``stacked_heads``), ``termination_logit``, ``Q_avg`` and ``pi``. Shapes: E environments (or states), K candidates, H horizon, A action dims,
-L latent dims. Every candidate of every environment is evaluated in one batched call per
-horizon step; there is no Python loop over candidates or environments.
+``stacked_heads``), ``termination_logit``, ``Q_avg`` and ``pi``. Shapes: S seeds, E environments (or states) per
+seed, K candidates, H horizon, A action dims, L latent dims; every tensor leads with S. Every
+candidate of every environment of every seed is evaluated in one batched call per horizon
+step; there is no Python loop over candidates, environments or seeds.
 """
 from __future__ import annotations
 
@@ -41,24 +42,24 @@ class DiffusionPlanner:
         one pass and so under one draw of the Q pair: their ranking is never a matter of which
         ensemble members scored them.
 
-        z: (E, L) start latents; X: (E, K, H, A) candidate plans; e: (E, 1, T) or None;
-        discount: (E, 1); mask: (E, 1, A) or None. ``num_pi`` policy-prior candidates are put in
-        front of X: their actions are drawn from π at each latent they reach, in the same pass.
-        ``heads``: the model's ``stacked_heads()`` (built here when None).
-        Returns J (E, num_pi + K) and the plans it scored (E, num_pi + K, H, A).
+        z: (S, E, L) start latents; X: (S, E, K, H, A) candidate plans; e: (S, E, 1, T) or
+        None; discount: (S, E, 1); mask: (S, E, 1, A) or None. ``num_pi`` policy-prior
+        candidates are put in front of X: their actions are drawn from π at each latent they
+        reach, in the same pass. ``heads``: the model's ``stacked_heads()`` (built here when
+        None). Returns J (S, E, num_pi + K) and the plans it scored (S, E, num_pi + K, H, A).
         """
         model = self.model
         if heads is None:
             heads = model.stacked_heads(energy=bool(self.eta))
-        z = z.unsqueeze(1).expand(-1, num_pi + X.shape[1], -1)  # (E, P + K, L)
-        J = torch.zeros(z.shape[:2], device=X.device)
+        z = z.unsqueeze(2).expand(-1, -1, num_pi + X.shape[2], -1)  # (S, E, P + K, L)
+        J = torch.zeros(z.shape[:3], device=X.device)
         gamma = torch.ones_like(discount)
         alive = None
         acts = []
         for t in range(self.H):
-            a = X[:, :, t]
+            a = X[:, :, :, t]
             if num_pi:  # the policy-prior candidates act at their own imagined latents
-                a = torch.cat([model.pi(z[:, :num_pi], e, mask)[0], a], 1)
+                a = torch.cat([model.pi(z[:, :, :num_pi], e, mask)[0], a], 2)
                 acts.append(a)
             r, energy, z_next = model.step(z, a, e, heads)
             if self.eta:
@@ -72,43 +73,46 @@ class DiffusionPlanner:
         a, _, _ = model.pi(z, e, mask)  # padded action dimensions masked, as everywhere
         q = model.Q_avg(z, a, e)
         J = J + gamma * (q if alive is None else q * alive)
-        return J, (torch.stack(acts, 2) if num_pi else X)
+        return J, (torch.stack(acts, 3) if num_pi else X)
 
     # -- one denoising step --------------------------------------------------------------
     def weighted_mean(self, z, e, mask, discount, x, abar, heads, with_spread: bool = False):
         """Draw K candidates around x/sqrt(ᾱ) (the first P of them fresh rollouts of the
         policy prior), score all of them in one call, return the softmax-weighted mean of the
-        elites X̄ (E, H, A). ``abar`` is a scalar or (E, 1, 1, 1); mask is (E, 1, A) or None.
-        ``with_spread`` (diagnostics, eager): also the elites' spread around X̄ (E,), the
-        square root of their weighted mean squared distance per action entry."""
-        E = x.shape[0]
-        eps = torch.randn(E, self.K - self.P, self.H, self.A, device=x.device)
-        X = (x.unsqueeze(1) / abar.sqrt() + ((1 - abar) / abar).sqrt() * eps).clamp(-1, 1)
+        elites X̄ (S, E, H, A). ``abar`` is a scalar or (S, E, 1, 1, 1); mask is (S, E, 1, A) or
+        None. ``with_spread`` (diagnostics, eager): also the elites' spread around X̄ (S, E),
+        the square root of their weighted mean squared distance per action entry. The
+        candidates' noise comes from each seed's stream."""
+        E = x.shape[1]
+        eps = self.model.noise.randn(E, self.K - self.P, self.H, self.A, device=x.device)
+        X = (x.unsqueeze(2) / abar.sqrt() + ((1 - abar) / abar).sqrt() * eps).clamp(-1, 1)
         if mask is not None:
-            X = X * mask.unsqueeze(1)
+            X = X * mask.unsqueeze(2)
         J, X = self.returns(z, X, e, discount, mask, num_pi=self.P, heads=heads)
-        J = (J - J.mean(1, keepdim=True)) / (J.std(1, keepdim=True) + 1e-6)
-        elite_J, idx = torch.topk(J, self.num_elites, dim=1)  # (E, n_elites)
-        elites = torch.gather(X, 1, idx[:, :, None, None].expand(-1, -1, self.H, self.A))
-        w = torch.softmax(elite_J / self.temperature, dim=1)
-        mean = (w[:, :, None, None] * elites).sum(1)
+        J = (J - J.mean(-1, keepdim=True)) / (J.std(-1, keepdim=True) + 1e-6)
+        elite_J, idx = torch.topk(J, self.num_elites, dim=-1)  # (S, E, n_elites)
+        elites = torch.gather(X, 2, idx[..., None, None].expand(-1, -1, -1, self.H, self.A))
+        w = torch.softmax(elite_J / self.temperature, dim=-1)
+        mean = (w[..., None, None] * elites).sum(2)
         if not with_spread:
             return mean
-        dev = (elites - mean.unsqueeze(1)).pow(2).mean((2, 3))  # (E, n_elites)
-        return mean, (w * dev).sum(1).sqrt()
+        dev = (elites - mean.unsqueeze(2)).pow(2).mean((3, 4))  # (S, E, n_elites)
+        return mean, (w * dev).sum(-1).sqrt()
 
     # -- the planner -----------------------------------------------------------------------
     @staticmethod
     def _per_env(e, mask, discount):
-        """Task embedding (E, 1, T), mask (E, 1, A) and discount (E, 1): broadcast over K."""
-        return (None if e is None else e.unsqueeze(1), None if mask is None else mask.unsqueeze(1),
-                discount.unsqueeze(1))
+        """Task embedding (S, E, 1, T), mask (S, E, 1, A) and discount (S, E, 1): broadcast
+        over K."""
+        return (None if e is None else e.unsqueeze(2), None if mask is None else mask.unsqueeze(2),
+                discount.unsqueeze(2))
 
     @torch.no_grad()
     def plan(self, z, e, mask, discount, mu_warm, spread: bool = False):
-        """Denoise from the warm start to a plan. z (E, L); e (E, T) or None; mask (E, A) or
-        None; discount (E,); mu_warm (E, H, A). Returns the plan (E, H, A) in [-1, 1]; with
-        ``spread`` (diagnostics: eager steps) and the elites' spread (E,) at the last step."""
+        """Denoise from the warm start to a plan. z (S, E, L); e (S, E, T) or None; mask
+        (S, E, A) or None; discount (S, E); mu_warm (S, E, H, A). Returns the plan (S, E, H, A)
+        in [-1, 1]; with ``spread`` (diagnostics: eager steps) and the elites' spread (S, E) at
+        the last step."""
         e, mask, discount = self._per_env(e, mask, discount)
         heads = self.model.stacked_heads(energy=bool(self.eta))  # once per action
         x = self.schedule[0][0].sqrt() * mu_warm
@@ -143,21 +147,21 @@ class DiffusionPlanner:
         """score_only_inference: N-1 calls of the score network, no world-model rollouts."""
         x = self.schedule[0][0].sqrt() * mu_warm
         for j, (abar, alpha) in enumerate(self.schedule):
-            tau = torch.full(x.shape[:1], len(self.schedule) - j, device=x.device)
+            tau = torch.full(x.shape[:2], len(self.schedule) - j, device=x.device)
             x = self.update_plan(x, self.model.denoised_mean(z, e, x, tau), abar, alpha)
             if mask is not None:
-                x = x * mask[:, None, :]
+                x = x * mask[:, :, None, :]
         return x.clamp(-1, 1)
 
     @torch.no_grad()
     def score_targets(self, z, e, mask, discount, x0):
-        """Monte-Carlo targets for a batch of B states (§4): τ ~ U[1, N-1], a noisy x_τ of the
-        data plans x0 (B, H, A), and the return-weighted mean X̄ of candidates around it
-        (the score target is score_from_mean(x_τ, X̄, ᾱ_τ)). Returns (x_τ, τ, X̄)."""
-        B, N = x0.shape[0], len(self.alphas_bar)
-        tau = torch.randint(1, N, (B,), device=x0.device)
-        abar = self.alphas_bar[tau][:, None, None]
-        x = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn_like(x0)
+        """Monte-Carlo targets for a batch of B states per seed (§4): τ ~ U[1, N-1], a noisy
+        x_τ of the data plans x0 (S, B, H, A), and the return-weighted mean X̄ of candidates
+        around it (the score target is score_from_mean(x_τ, X̄, ᾱ_τ)). Returns (x_τ, τ, X̄)."""
+        B, N, noise = x0.shape[1], len(self.alphas_bar), self.model.noise
+        tau = noise.randint(1, N, (B,), device=x0.device)
+        abar = self.alphas_bar[tau][..., None, None]
+        x = abar.sqrt() * x0 + (1 - abar).sqrt() * noise.randn_like(x0)
         e, mask, discount = self._per_env(e, mask, discount)
         x_bar = self.weighted_mean(z, e, mask, discount, x, abar[..., None],
                                    self.model.stacked_heads(energy=bool(self.eta)))

@@ -1,7 +1,13 @@
-"""The networks of ALGORITHM.md §1 and nothing else.
+"""The networks of ALGORITHM.md §1 and nothing else, for S seeds at once.
 
-Every method that takes a task takes its *embedding* ``e`` (rows aligned with the other
-inputs, or None for a single-task model): callers look it up once with ``embed(task)``.
+Every parameter leads with a seed dimension (S = 1 in an ordinary run): S independent world
+models with stacked parameters, evaluated in one batched call per layer. Every input and
+output leads with it too: ``encode(obs)`` takes obs (S, ..., obs_dim). The random numbers come
+from each seed's own stream (``self.noise``, ``mbdpo/noise.py``).
+
+Every method that takes a task takes its *embedding* ``e`` (S, N, T) (rows aligned with the
+other inputs' last batch dimension, or None for a single-task model): callers look it up once
+with ``embed(task)``. Action masks are passed the same way.
 """
 from __future__ import annotations
 
@@ -9,21 +15,61 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mbdpo import math as m
+from mbdpo.noise import Noise
 from mbdpo.nn import (ConvEncoder, Ensemble, SimNorm, mlp, stack_hidden, stacked_hidden,
                       time_embedding)
 
+# buffers every seed shares (all other parameters and buffers lead with the seed dimension)
+SHARED = ("action_masks",)
+
+
+class TaskEmbedding(nn.Module):
+    """Each seed's task embeddings (S, tasks, T), rows renormalised to norm <= 1 when looked
+    up (nn.Embedding's max_norm, which has no stacked form)."""
+
+    def __init__(self, seeds: int, num_tasks: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(seeds, num_tasks, dim).uniform_(-0.02, 0.02))
+
+    def forward(self, task: torch.Tensor) -> torch.Tensor:
+        S, n, T = self.weight.shape
+        flat = task + n * torch.arange(S, device=task.device).view(S, *[1] * (task.dim() - 1))
+        table = self.weight.view(S * n, T)
+        with torch.no_grad():
+            torch.embedding_renorm_(table, flat.reshape(-1), 1.0, 2.0)
+        return F.embedding(flat, table)
+
+
+def _seeded(seed: int, build):
+    """``build()`` with torch's generator seeded ``seed``, leaving the caller's stream as it
+    was: a seed's initial weights depend on its seed alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
 
 class WorldModel(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, seeds=None):
         super().__init__()
-        self.cfg = cfg
+        seeds = [int(cfg.seed)] if seeds is None else [int(s) for s in seeds]
+        self.cfg, self.seeds, self.noise = cfg, seeds, Noise(seeds)
+        _seeded(seeds[0], lambda: self._build(cfg, len(seeds)))
+        if len(seeds) > 1:  # seed s's weights are those of the single run of seed s
+            with torch.no_grad():
+                for i, seed in enumerate(seeds):
+                    one = _seeded(seed, lambda: WorldModel(cfg, [seed]))
+                    for mine, theirs in zip(self.parameters(), one.parameters()):
+                        mine[i] = theirs[0]
+        self.Qs_target = copy.deepcopy(self.Qs).requires_grad_(False)
+
+    def _build(self, cfg, S: int) -> None:
         A, L, T = cfg.action_dim, cfg.latent_dim, cfg.task_dim
         hid = [cfg.mlp_dim, cfg.mlp_dim]
         if cfg.multitask:
-            self.task_emb = nn.Embedding(len(cfg.tasks), T, max_norm=1)
-            nn.init.uniform_(self.task_emb.weight, -0.02, 0.02)
+            self.task_emb = TaskEmbedding(S, len(cfg.tasks), T)
             masks = torch.zeros(len(cfg.tasks), A)
             for i, a in enumerate(cfg.action_dims):
                 masks[i, :a] = 1
@@ -32,28 +78,40 @@ class WorldModel(nn.Module):
             masks = torch.ones(1, A)
         self.register_buffer("action_masks", masks)
         if cfg.obs == "rgb":
-            self.encoder = ConvEncoder(cfg.obs_shape[0], cfg.num_channels, L, cfg.simnorm_dim)
+            self.encoder = ConvEncoder(S, cfg.obs_shape[0], cfg.num_channels, L,
+                                       cfg.simnorm_dim)
         else:
-            self.encoder = mlp(cfg.obs_dim + T, [cfg.enc_dim] * (cfg.num_enc_layers - 1), L,
+            self.encoder = mlp(S, cfg.obs_dim + T, [cfg.enc_dim] * (cfg.num_enc_layers - 1), L,
                                last_act=SimNorm(cfg.simnorm_dim))
-        self.dynamics = mlp(L + A + T, hid, L, last_act=SimNorm(cfg.simnorm_dim))
-        self.reward_head = mlp(L + A + T, hid, cfg.num_bins, zero_last=True)
-        self.termination_head = mlp(L + T, hid, 1) if cfg.episodic else None
-        self.pi_head = mlp(L + T, hid, 2 * A)
-        self.energy_head = mlp(L + A + T, hid, 1, zero_last=True)
-        self.Qs = Ensemble(cfg.num_q, L + A + T, hid, cfg.num_bins, dropout=cfg.dropout)
-        self.Qs_target = copy.deepcopy(self.Qs).requires_grad_(False)
+        self.dynamics = mlp(S, L + A + T, hid, L, last_act=SimNorm(cfg.simnorm_dim))
+        self.reward_head = mlp(S, L + A + T, hid, cfg.num_bins, zero_last=True)
+        self.termination_head = mlp(S, L + T, hid, 1) if cfg.episodic else None
+        self.pi_head = mlp(S, L + T, hid, 2 * A)
+        self.energy_head = mlp(S, L + A + T, hid, 1, zero_last=True)
+        self.Qs = Ensemble(S, cfg.num_q, L + A + T, hid, cfg.num_bins, dropout=cfg.dropout)
         self.score_net = None
         if cfg.use_score_network:
             H = cfg.horizon
-            self.score_net = mlp(L + T + H * A + cfg.diffusion_time_embed_dim, hid, H * A)
+            self.score_net = mlp(S, L + T + H * A + cfg.diffusion_time_embed_dim, hid, H * A)
         self.two_hot = m.TwoHot(cfg.num_bins, cfg.vmin, cfg.vmax)
-        self.energy_stats = m.RunningMeanStd(cfg.energy_momentum, cfg.energy_clip)
+        self.energy_stats = m.RunningMeanStd(cfg.energy_momentum, cfg.energy_clip, S)
+
+    @property
+    def num_seeds(self) -> int:
+        return len(self.seeds)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         self.two_hot.bins = fn(self.two_hot.bins)
+        device = self.two_hot.bins.device
+        if device != self.noise.device:  # the streams live where the draws are made
+            self.noise = Noise(self.seeds, device)
         return self
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        """Also a checkpoint written before the seed dimension (one seed, tensors without
+        it), which gains it here."""
+        return super().load_state_dict(add_seed_dim(state, self.state_dict()), strict, assign)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -62,7 +120,8 @@ class WorldModel(nn.Module):
 
     # -- inputs -------------------------------------------------------------------------
     def embed(self, task: torch.Tensor | None) -> torch.Tensor | None:
-        """Task ids (...,) -> embeddings (..., task_dim), or None for a single-task model."""
+        """Task ids (S, ...) -> embeddings (S, ..., task_dim), or None for a single-task
+        model."""
         return None if self.task_emb is None else self.task_emb(task)
 
     def action_mask(self, task: torch.Tensor | None) -> torch.Tensor | None:
@@ -74,13 +133,18 @@ class WorldModel(nn.Module):
 
     @staticmethod
     def _rows(e, like):
-        """Broadcast an embedding (N, T) over the leading dims of ``like`` (..., N, D)."""
-        return None if e is None else e.expand(*like.shape[:-1], e.shape[-1])
+        """Broadcast per-row values e (S, N, T) (a task embedding, an action mask) over
+        ``like`` (S, ..., N, D): singleton dimensions go after the seed dimension."""
+        if e is None:
+            return None
+        if like.dim() > e.dim():
+            e = e.view(e.shape[0], *[1] * (like.dim() - e.dim()), *e.shape[1:])
+        return e.expand(*like.shape[:-1], e.shape[-1])
 
     # -- the model ----------------------------------------------------------------------
     def encode(self, obs: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
         if self.cfg.obs == "rgb":
-            return self.encoder(obs)
+            return self.encoder(obs, self.noise)
         return self.encoder(self._cat(obs, self._rows(e, obs)))
 
     def next(self, z, a, e):
@@ -112,10 +176,11 @@ class WorldModel(nn.Module):
         holds the energy network) and next latent, the values of ``reward``, ``energy`` and
         ``next``, with ``heads = stacked_heads()``."""
         x = self._cat(z, a, self._rows(e, z))
-        h = stacked_hidden(x.reshape(-1, x.shape[-1]), heads)
-        h = h.view(h.shape[0], *x.shape[:-1], h.shape[-1])  # (2 or 3, ..., hidden)
+        S, n = x.shape[0], len(heads[0][0]) // x.shape[0]
+        h = stacked_hidden(x.reshape(S, -1, x.shape[-1]), heads, n)
+        h = h.view(n, *x.shape[:-1], h.shape[-1])  # (2 or 3, S, ..., hidden)
         r = self.two_hot.decode(self.reward_head[-1](h[1]))
-        f = self.energy_stats(self.energy_head[-1](h[2]).squeeze(-1)) if len(h) > 2 else None
+        f = self.energy_stats(self.energy_head[-1](h[2]).squeeze(-1)) if n > 2 else None
         return r, f, self.dynamics[-1](h[0])
 
     def termination_logit(self, z, e):
@@ -127,8 +192,9 @@ class WorldModel(nn.Module):
         summed over the used action dimensions, times their number: minus TD-MPC2's "scaled
         entropy", the policy loss's entropy term. Masked action dimensions are zero."""
         mean, log_std = self.pi_head(self._cat(z, self._rows(e, z))).chunk(2, dim=-1)
+        mask = self._rows(mask, mean)
         action, log_prob, mu = m.squashed_gaussian(mean, log_std, self.cfg.log_std_min,
-                                                   self.cfg.log_std_max, mask=mask)
+                                                   self.cfg.log_std_max, self.noise, mask=mask)
         dims = mean.shape[-1] if mask is None else mask.sum(-1, keepdim=True)
         return action, log_prob * dims, mu
 
@@ -136,27 +202,28 @@ class WorldModel(nn.Module):
         """The policy prior's mean action tanh(mean), drawing no noise (masked dims zero)."""
         mean = self.pi_head(self._cat(z, self._rows(e, z))).chunk(2, dim=-1)[0]
         mu = torch.tanh(mean.float())
-        return mu if mask is None else mu * mask
+        return mu if mask is None else mu * self._rows(mask, mu)
 
     def Q_logits(self, z, a, e, idx=None, target=False, detach=False):
-        """Logits of the ensemble members ``idx`` (all when None): (n, ..., num_bins)."""
+        """Logits of the ensemble members ``idx`` (S, k) (all when None): (S, k, ...,
+        num_bins)."""
         x = self._cat(z, a, self._rows(e, z))
-        lead = x.shape[:-1]
+        S, lead = x.shape[0], x.shape[1:-1]
         net = self.Qs_target if target else self.Qs
-        out = net(x.reshape(-1, x.shape[-1]), idx, detach=detach)
-        return out.view(out.shape[0], *lead, -1)
+        out = net(x.reshape(S, -1, x.shape[-1]), idx, detach=detach, noise=self.noise)
+        return out.view(S, out.shape[1], *lead, -1)
 
     def Q_two(self, z, a, e, target=False, detach=False):
-        """Values of two ensemble members drawn at random: (2, ...)."""
-        # argsort of uniform draws: a random permutation from the graph-safe generator
-        idx = torch.rand(self.cfg.num_q, device=z.device).argsort()[:2]
+        """Values of two ensemble members drawn at random for each seed: (S, 2, ...)."""
+        # argsort of uniform draws: a random permutation from graph-safe generators
+        idx = self.noise.rand(self.cfg.num_q, device=z.device).argsort(-1)[:, :2]
         return self.two_hot.decode(self.Q_logits(z, a, e, idx, target=target, detach=detach))
 
     def Q_avg(self, z, a, e, detach=False):
-        return self.Q_two(z, a, e, detach=detach).mean(0)
+        return self.Q_two(z, a, e, detach=detach).mean(1)
 
     def Q_min_target(self, z, a, e):
-        return self.Q_two(z, a, e, target=True).min(0).values
+        return self.Q_two(z, a, e, target=True).min(1).values
 
     def denoised_mean(self, z, e, x, tau):
         """The score network's output: the return-weighted mean X̄ (..., H, A) it predicts for
@@ -170,3 +237,16 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
         torch._foreach_lerp_(list(self.Qs_target.parameters()), list(self.Qs.parameters()), tau)
+
+
+def add_seed_dim(saved: dict, own: dict) -> dict:
+    """A state dict written before tensors had a seed dimension (a run of one seed) in the
+    layout of ``own``: each tensor that lacks the leading dimension of its counterpart gains
+    it; other entries pass unchanged."""
+    out = dict(saved)
+    for k, v in saved.items():
+        mine = own.get(k)
+        if torch.is_tensor(v) and mine is not None and mine.dim() == v.dim() + 1 and \
+                mine.shape[0] == 1 and tuple(mine.shape[1:]) == tuple(v.shape):
+            out[k] = v.unsqueeze(0)
+    return out

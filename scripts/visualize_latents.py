@@ -50,9 +50,9 @@ def job(cfg):
     with torch.no_grad():
         for ep in result["episodes"]:
             obs = torch.as_tensor(np.asarray(ep["obs"]), device=agent.device)
-            e = None if task is None else m.embed(torch.full((len(obs),), task,
+            e = None if task is None else m.embed(torch.full((1, len(obs)), task,
                                                              device=agent.device))
-            latents.append(m.encode(obs, e).float().cpu().numpy())
+            latents.append(m.encode(obs[None], e)[0].float().cpu().numpy())  # the one seed
     flat = plots.embed_2d(np.concatenate(latents), "lle", seed=cfg.seed)
     points = np.split(flat, np.cumsum([len(z) for z in latents])[:-1])
     row = summarise(result)
@@ -67,7 +67,7 @@ def job(cfg):
              latents=np.concatenate(latents), embedded=flat,
              episode=np.repeat(np.arange(len(latents)), [len(z) for z in latents]))
     if multitask:
-        emb = m.task_emb.weight.detach().float().cpu().numpy()
+        emb = m.task_emb.weight[0].detach().float().cpu().numpy()  # the one seed's
         written += plots.save(
             plots.task_embedding_figure(plots.embed_2d(emb, "tsne", seed=cfg.seed),
                                         list(cfg.tasks), f"task embeddings of {saved['task']}"),

@@ -23,14 +23,15 @@ def eager_random():
 
 
 def fixed_batch(cfg, B=32, seed=0):
+    """A batch for a one-seed agent: obs (1, H+1, B, obs_dim), ..."""
     g = torch.Generator().manual_seed(seed)
     H, A = cfg.horizon, cfg.action_dim
-    obs = torch.randn(H + 1, B, cfg.obs_dim, generator=g)
+    obs = torch.randn(1, H + 1, B, cfg.obs_dim, generator=g)
     w = torch.randn(cfg.obs_dim, A, generator=g)
     return {"obs": obs,
-            "action": torch.tanh(obs[:-1] @ w),  # a deterministic behaviour policy
-            "reward": torch.rand(H, B, generator=g),
-            "terminated": torch.zeros(H, B), "task": None}
+            "action": torch.tanh(obs[:, :-1] @ w),  # a deterministic behaviour policy
+            "reward": torch.rand(1, H, B, generator=g),
+            "terminated": torch.zeros(1, H, B), "task": None}
 
 
 def test_losses_fall_on_a_fixed_batch(small_cfg):
@@ -55,23 +56,25 @@ def test_energy_learns_to_prefer_replay_actions(small_cfg):
     for _ in range(80):
         agent.update(batch)
     m = agent.model
-    z = m.encode(batch["obs"][0], None).detach()
-    pos = m.energy_logit(z, torch.full((32, 1), 0.5), None).mean()
-    neg = m.energy_logit(z, torch.full((32, 1), -0.8), None).mean()
+    z = m.encode(batch["obs"][:, 0], None).detach()
+    pos = m.energy_logit(z, torch.full((1, 32, 1), 0.5), None).mean()
+    neg = m.energy_logit(z, torch.full((1, 32, 1), -0.8), None).mean()
     assert pos > neg + 0.1, (pos.item(), neg.item())
 
 
 def test_act_shapes_and_bounds(small_cfg):
     agent = MBDPO(small_cfg)
-    obs = torch.randn(3, small_cfg.obs_dim)
-    a = agent.act(obs, torch.tensor([True, True, True]))
-    assert a.shape == (3, 1) and a.abs().max() <= 1
-    assert agent.warm["train"].shape == (3, small_cfg.horizon, 1)
-    a2 = agent.act(obs, torch.tensor([False, False, False]), eval_mode=True, stream="eval")
-    assert a2.shape == (3, 1) and "eval" in agent.warm
+    obs = torch.randn(1, 3, small_cfg.obs_dim)
+    a = agent.act(obs, torch.tensor([[True, True, True]]))
+    assert a.shape == (1, 3, 1) and a.abs().max() <= 1
+    assert agent.warm["train"].shape == (1, 3, small_cfg.horizon, 1)
+    a2 = agent.act(obs, torch.tensor([[False, False, False]]), eval_mode=True, stream="eval")
+    assert a2.shape == (1, 3, 1) and "eval" in agent.warm
     agent.planner.H = 5  # a longer plan_horizon: the stored 3-step warm start is not reused
-    agent.act(obs, torch.tensor([False, False, False]))
-    assert agent.warm["train"].shape == (3, 5, 1)
+    agent.act(obs, torch.tensor([[False, False, False]]))
+    assert agent.warm["train"].shape == (1, 3, 5, 1)
+    with pytest.raises(ValueError, match="act\\(\\) takes observations \\(seeds, envs"):
+        agent.act(obs[0], torch.tensor([True, True, True]))  # no seed dimension
 
 
 def test_warm_start_is_the_last_plan_shifted_by_one(small_cfg):
@@ -88,13 +91,13 @@ def test_warm_start_is_the_last_plan_shifted_by_one(small_cfg):
         return plan
 
     agent.plan_fn = recording
-    obs = torch.randn(3, small_cfg.obs_dim)
-    a0 = agent.act(obs, torch.tensor([True, True, True]), eval_mode=True)
-    agent.act(obs, torch.tensor([False, True, False]), eval_mode=True)
-    agent.act(obs, torch.tensor([True, True, True]), eval_mode=True, stream="eval")
-    agent.act(obs, torch.tensor([False, False, False]), eval_mode=True)
-    (w0, p0), (w1, p1), (w2, _), (w3, _) = seen
-    assert torch.equal(a0, p0[:, 0])
+    obs = torch.randn(1, 3, small_cfg.obs_dim)
+    a0 = agent.act(obs, torch.tensor([[True, True, True]]), eval_mode=True)
+    agent.act(obs, torch.tensor([[False, True, False]]), eval_mode=True)
+    agent.act(obs, torch.tensor([[True, True, True]]), eval_mode=True, stream="eval")
+    agent.act(obs, torch.tensor([[False, False, False]]), eval_mode=True)
+    (w0, p0), (w1, p1), (w2, _), (w3, _) = [(w[0], p[0]) for w, p in seen]  # the one seed
+    assert torch.equal(a0[0], p0[:, 0])
     assert not w0.any() and not w2.any()
     shifted = torch.cat([p0[:, 1:], torch.zeros(3, 1, 1)], 1)
     assert p0[:, 1:].abs().min() > 0  # a non-trivial plan to shift
@@ -113,10 +116,10 @@ def test_energy_loss_trains_only_F(small_cfg):
     with torch.no_grad():  # F's last layer starts at zero, which would pass no gradient back
         m.energy_head[-1].weight.normal_(0, 0.3)
     batch = fixed_batch(small_cfg)
-    zs = [m.encode(batch["obs"][0], None)]
+    zs = [m.encode(batch["obs"][:, 0], None)]
     for t in range(small_cfg.horizon):
-        zs.append(m.next(zs[-1], batch["action"][t], None))
-    loss = agent._energy_loss(torch.stack(zs[:-1]), batch["action"], None, None,
+        zs.append(m.next(zs[-1], batch["action"][:, t], None))
+    loss = agent._energy_loss(torch.stack(zs[:-1], 1), batch["action"], None, None,
                               lambda x: x.mean())
     loss.backward()
     for name, net in (("encoder", m.encoder), ("dynamics", m.dynamics)):
@@ -134,19 +137,19 @@ def test_energy_statistics_come_from_the_logits_in_the_loss(small_cfg):
     with torch.no_grad():
         m.energy_head[-1].weight.normal_(0, 0.3)
     batch = fixed_batch(small_cfg)
-    z = m.encode(batch["obs"][:-1], None).detach()  # (H, B, L)
+    z = m.encode(batch["obs"][:, :-1], None).detach()  # (1, H, B, L)
     torch.manual_seed(5)
     agent._energy_loss(z, batch["action"], None, None, lambda x: x.mean())
     torch.manual_seed(5)  # the same three candidates: π's sample, it plus noise, uniform
     with torch.no_grad():
         a_pi = m.pi(z, None, None)[0]
-        cands = [a_pi, (a_pi + 0.5 * torch.randn_like(a_pi)).clamp(-1, 1),
-                 torch.rand_like(a_pi) * 2 - 1]
+        cands = [a_pi, (a_pi + 0.5 * agent.noise.randn_like(a_pi)).clamp(-1, 1),
+                 agent.noise.rand_like(a_pi) * 2 - 1]
         neg = torch.stack([m.energy_logit(z, a, None) for a in cands]).amax(0)
         pos = m.energy_logit(z, batch["action"], None)
     used = torch.stack([pos, neg])
-    torch.testing.assert_close(m.energy_stats.mean, used.mean())
-    torch.testing.assert_close(m.energy_stats.std, used.std(unbiased=False))
+    torch.testing.assert_close(m.energy_stats.mean, used.mean().reshape(1))
+    torch.testing.assert_close(m.energy_stats.std, used.std(unbiased=False).reshape(1))
 
 
 def test_energy_gradient_equals_a_backward_through_all_candidates(small_cfg):
@@ -158,7 +161,7 @@ def test_energy_gradient_equals_a_backward_through_all_candidates(small_cfg):
     with torch.no_grad():
         m.energy_head[-1].weight.normal_(0, 0.3)
     batch = fixed_batch(small_cfg)
-    z = m.encode(batch["obs"][:-1], None).detach()
+    z = m.encode(batch["obs"][:, :-1], None).detach()
     torch.manual_seed(5)
     loss = agent._energy_loss(z, batch["action"], None, None, lambda x: x.mean())
     loss.backward()
@@ -167,10 +170,10 @@ def test_energy_gradient_equals_a_backward_through_all_candidates(small_cfg):
     torch.manual_seed(5)  # the same three candidates, scored with a graph through all four
     with torch.no_grad():
         a_pi = m.pi(z, None, None)[0]
-        cands = torch.stack([a_pi, (a_pi + 0.5 * torch.randn_like(a_pi)).clamp(-1, 1),
-                             torch.rand_like(a_pi) * 2 - 1])
-    logits = m.energy_logit(z.expand(4, *z.shape), torch.cat([batch["action"][None], cands]),
-                            None)
+        cands = torch.stack([a_pi, (a_pi + 0.5 * agent.noise.randn_like(a_pi)).clamp(-1, 1),
+                             agent.noise.rand_like(a_pi) * 2 - 1], 1)  # (1, 3, H, B, A)
+    logits = m.energy_logit(z.unsqueeze(1).expand(-1, 4, *z.shape[1:]),
+                            torch.cat([batch["action"][:, None], cands], 1), None)[0]
     neg = logits[1:].gather(0, logits[1:].detach().argmax(0, keepdim=True))[0]
     F = torch.nn.functional
     ref = 0.5 * (F.binary_cross_entropy_with_logits(logits[0], torch.ones_like(neg))
@@ -187,11 +190,11 @@ def test_policy_entropy_term_is_tdmpc2s_scaled_entropy(small_cfg):
     (minus TD-MPC2's scaled entropy): with the mean saturated it is the same as unsaturated."""
     small_cfg.action_dim = 3
     m = MBDPO(small_cfg).model
-    z = torch.rand(4, small_cfg.latent_dim)
+    z = torch.rand(1, 4, small_cfg.latent_dim)
     outs = []
     for shift in (0.0, 9.0):  # tanh(mean) ~ 1: the tanh Jacobian would be ~ -log(1e-6) per dim
         with torch.no_grad():
-            m.pi_head[-1].bias[:3] = shift
+            m.pi_head[-1].bias[:, :3] = shift
         torch.manual_seed(0)
         outs.append(m.pi(z, None)[1])
     torch.testing.assert_close(outs[0], outs[1])
@@ -214,8 +217,8 @@ def test_score_network_trains_and_acts():
     for _ in range(40):
         last = agent.update(batch)["score_loss"].item()
     assert last < first
-    a = agent.act(torch.randn(2, cfg.obs_dim), torch.tensor([True, True]))
-    assert a.shape == (2, 1) and torch.isfinite(a).all()
+    a = agent.act(torch.randn(1, 2, cfg.obs_dim), torch.tensor([[True, True]]))
+    assert a.shape == (1, 2, 1) and torch.isfinite(a).all()
 
 
 def test_checkpoint_round_trip_bit_for_bit(small_cfg, tmp_path):
@@ -224,7 +227,7 @@ def test_checkpoint_round_trip_bit_for_bit(small_cfg, tmp_path):
     batch = fixed_batch(small_cfg)
     for _ in range(3):
         agent.update(batch)
-    agent.act(torch.randn(1, small_cfg.obs_dim), torch.tensor([True]))
+    agent.act(torch.randn(1, 1, small_cfg.obs_dim), torch.tensor([[True]]))
     path = str(tmp_path / "a.pt")
     ckpt.atomic_save({"agent": agent.state_dict(), "config": {"model_size": 1}, "step": 7,
                       "rng": ckpt.rng_state()}, path)
@@ -393,8 +396,9 @@ def test_cuda_graphs_and_compiled_graphs_match_eager(eager_random):
         agent = MBDPO(cfg)
         batch = fixed_batch(cfg)
         losses = [agent.update(batch) for _ in range(6)]
-        obs = torch.randn(2, cfg.obs_dim, generator=torch.Generator().manual_seed(1))
-        plans = [agent.act(obs, torch.tensor([i == 0] * 2), eval_mode=True) for i in range(6)]
+        obs = torch.randn(1, 2, cfg.obs_dim, generator=torch.Generator().manual_seed(1))
+        plans = [agent.act(obs, torch.tensor([[i == 0] * 2]), eval_mode=True)
+                 for i in range(6)]
         results[flags] = (losses, plans, agent)
     le, pe, _ = results[("false", "false")]
     for flags in (("false", "true"), ("auto", "auto")):
@@ -439,11 +443,11 @@ def _q_member(ens, j, z, a):
     affine, Mish; the last layer linear."""
     x = torch.cat([z, a], -1)
     n = len(ens.weights)
-    for i in range(n):
-        x = x @ ens.weights[i][j] + ens.biases[i][j, 0]
+    for i in range(n):  # the one seed's member j
+        x = x @ ens.weights[i][0, j] + ens.biases[i][0, j, 0]
         if i < n - 1:
-            x = torch.nn.functional.layer_norm(x, x.shape[-1:]) * ens.ln_w[i][j, 0] \
-                + ens.ln_b[i][j, 0]
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:]) * ens.ln_w[i][0, j, 0] \
+                + ens.ln_b[i][0, j, 0]
             x = torch.nn.functional.mish(x)
     return x
 
@@ -459,7 +463,7 @@ def test_update_losses_match_a_plain_reimplementation_of_section_2():
     torch.manual_seed(0)
     agent = MBDPO(cfg)
     batch = fixed_batch(cfg)
-    batch["terminated"][1, :5] = 1.0  # some terminal transitions
+    batch["terminated"][0, 1, :5] = 1.0  # some terminal transitions
     for _ in range(8):  # value and reward heads away from their zero start
         agent.update(batch)
     m = copy.deepcopy(agent.model)  # the parameters the next update reads
@@ -467,31 +471,34 @@ def test_update_losses_match_a_plain_reimplementation_of_section_2():
     out = agent.update(batch)
 
     H, B, A = cfg.horizon, 32, 1
-    obs, act, rew, term = batch["obs"], batch["action"], batch["reward"], batch["terminated"]
+    obs, act, rew, term = (batch[k][0] for k in ("obs", "action", "reward", "terminated"))
+
+    def net(f, x):  # one seed's network on inputs without the seed dimension
+        return f(x[None])[0]
     gamma, rho = cfg.discounts[0], torch.tensor([cfg.rho ** t for t in range(H)])
     assert gamma == 0.99  # cartpole: L = 500 agent steps (action repeat 2), (100 - 1)/100
     torch.manual_seed(123)
     eps = torch.randn(H, B, A)
     with torch.no_grad():
-        z_next = m.encoder(obs[1:])  # z'_t = h(s_{t+1})
-        mean, raw = m.pi_head(z_next).chunk(2, -1)
+        z_next = net(m.encoder, obs[1:])  # z'_t = h(s_{t+1})
+        mean, raw = net(m.pi_head, z_next).chunk(2, -1)
         log_std = cfg.log_std_min + 0.5 * (cfg.log_std_max - cfg.log_std_min) * (torch.tanh(raw) + 1)
         a_next = torch.tanh(mean + eps * log_std.exp())
         q_next = torch.stack([_decode(_q_member(m.Qs_target, j, z_next, a_next))
                               for j in range(2)]).min(0).values
         y = rew + gamma * (1 - term) * q_next  # (H, B)
-        z = [m.encoder(obs[0])]
+        z = [net(m.encoder, obs[0])]
         for t in range(H):
-            z.append(m.dynamics(torch.cat([z[-1], act[t]], -1)))
+            z.append(net(m.dynamics, torch.cat([z[-1], act[t]], -1)))
         z = torch.stack(z)
         consistency = sum(rho[t] * (z[t + 1] - z_next[t]).pow(2).mean() for t in range(H)) / H
-        reward = sum(rho[t] * _soft_ce(m.reward_head(torch.cat([z[t], act[t]], -1)), rew[t]).mean()
-                     for t in range(H)) / H
+        reward = sum(rho[t] * _soft_ce(net(m.reward_head, torch.cat([z[t], act[t]], -1)),
+                                       rew[t]).mean() for t in range(H)) / H
         value = sum(rho[t] * _soft_ce(_q_member(m.Qs, j, z[t], act[t]), y[t]).mean()
                     for t in range(H) for j in range(2)) / (2 * H)
     for key, ref in (("td_target", y.mean()), ("consistency_loss", consistency),
                      ("reward_loss", reward), ("value_loss", value)):
-        torch.testing.assert_close(out[key], ref, rtol=1e-5, atol=1e-5, msg=key)
+        torch.testing.assert_close(out[key], ref.reshape(1), rtol=1e-5, atol=1e-5, msg=key)
     assert y[1, :5].sub(rew[1, :5]).abs().max() == 0  # no bootstrap past a termination
 
 
@@ -521,16 +528,16 @@ def test_bf16_ranks_most_of_the_same_elites():
     assert ref.plan_amp_dtype is None and bf.plan_amp_dtype == torch.bfloat16
     assert bf.amp_dtype is None
     g = torch.Generator().manual_seed(1)
-    obs = torch.randn(4, 5, generator=g)
-    X = torch.rand(4, 512, 3, 1, generator=g) * 2 - 1
-    disc = torch.full((4, 1), 0.99)
+    obs = torch.randn(1, 4, 5, generator=g)
+    X = torch.rand(1, 4, 512, 3, 1, generator=g) * 2 - 1
+    disc = torch.full((1, 4, 1), 0.99)
     tops = []
     for agent in (ref, bf):
         with torch.no_grad(), agent.autocast(plan=True):
             z = agent.model.encode(obs, None)
             J, _ = agent.planner.returns(z, X, None, disc)
         assert J.dtype == torch.float32
-        tops.append(J.topk(64, dim=1).indices)
+        tops.append(J[0].topk(64, dim=1).indices)
     overlap = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(*tops)]
     assert min(overlap) >= 48 and sum(overlap) >= 4 * 56, overlap
 
@@ -538,8 +545,8 @@ def test_bf16_ranks_most_of_the_same_elites():
 def test_bf16_update_plans_in_fp32_unless_asked():
     """precision=bf16 is the update's: the planner stays fp32 (the same actions as an fp32
     agent's from the same weights and RNG) unless plan_precision=bf16 says otherwise."""
-    obs = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
-    first = torch.ones(3, dtype=torch.bool)
+    obs = torch.randn(1, 3, 5, generator=torch.Generator().manual_seed(2))
+    first = torch.ones(1, 3, dtype=torch.bool)
     plans = []
     for extra in ([], ["plan_precision=bf16"]):
         ref, bf, _ = _trained_pair("precision=bf16", *extra, updates=5)
@@ -607,18 +614,18 @@ def test_compiled_planner_and_update_match_eager(eager_random):
         agents.append(MBDPO(cfg))
     eager, comp = agents
     comp.model.load_state_dict(eager.model.state_dict())
-    obs, batch = torch.randn(1, 5), fixed_batch(eager.cfg)
+    obs, batch = torch.randn(1, 1, 5), fixed_batch(eager.cfg)
     plans, losses, ops, weights = [], [], [], []
     for agent in agents:
         torch.manual_seed(3)
-        agent.act(obs, torch.tensor([True]), eval_mode=True, stream="eval")
+        agent.act(obs, torch.tensor([[True]]), eval_mode=True, stream="eval")
         plans.append(agent.warm["eval"])
         torch.manual_seed(4)
         losses.append(agent.update(batch))
         weights.append(torch.cat([p.flatten() for p in agent.model.parameters()]
                                  + [agent.scale.value.view(1)]))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            agent.act(obs, torch.tensor([False]))
+            agent.act(obs, torch.tensor([[False]]))
         ops.append(sum(1 for e in prof.events() if e.name.startswith("aten::")
                        and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))))
     assert not (comp.planner.denoise.failed or comp._model_losses.failed
@@ -684,12 +691,12 @@ def test_diagnostics_of_an_episode(small_cfg):
     assert torch.equal(torch.get_rng_state(), rng) and m.training
     with torch.no_grad():
         m.eval()
-        z = m.encode(obs, None)
-        mu = torch.tanh(m.pi_head(z).chunk(2, dim=-1)[0])
+        z = m.encode(obs[None], None)[0]
+        mu = torch.tanh(m.pi_head(z[None])[0].chunk(2, dim=-1)[0])
         gamma = agent.discounts[0]
 
         def q(i, a, target=False):  # the mean over every ensemble member, one state
-            logits = m.Q_logits(z[i:i + 1], a[None], None, target=target)[:, 0]
+            logits = m.Q_logits(z[None, i:i + 1], a[None, None], None, target=target)[0, :, 0]
             return m.two_hot.decode(logits).mean()
         td = [abs(q(i, action[i]) - reward[i] - gamma * q(i + 1, mu[i + 1], True))
               for i in range(L)]
@@ -737,9 +744,9 @@ def test_a_stacked_step_equals_the_three_networks(multitask):
                 p.add_(0.05 * torch.randn_like(p))
         m.energy_stats.mean.fill_(0.3)
     m.eval()
-    e = m.embed(torch.tensor([0, 3, 5])[:, None].expand(3, 7)) if multitask else None
-    z = m.encode(torch.randn(3, 7, cfg.obs_dim), e)  # (E, K, L)
-    a = torch.rand(3, 7, cfg.action_dim) * 2 - 1
+    e = m.embed(torch.tensor([0, 3, 5])[None, :, None].expand(1, 3, 7)) if multitask else None
+    z = m.encode(torch.randn(1, 3, 7, cfg.obs_dim), e)  # (S, E, K, L)
+    a = torch.rand(1, 3, 7, cfg.action_dim) * 2 - 1
     r, f, nxt = m.step(z, a, e, m.stacked_heads())
     torch.testing.assert_close(r, m.reward(z, a, e), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(f, m.energy(z, a, e), rtol=1e-5, atol=1e-5)

@@ -68,7 +68,8 @@ class ObsAgent:
     device = torch.device("cpu")
 
     def act(self, obs, t0, task=None, eval_mode=True, stream="eval"):
-        return (obs[:, :1] * 3 - 0.2).clamp(-1, 1)
+        assert obs.shape[0] == 1 and t0.shape == obs.shape[:2]  # (seeds, envs, ...)
+        return (obs[..., :1] * 3 - 0.2).clamp(-1, 1)
 
 
 @pytest.mark.parametrize("workers", [False, True])

@@ -78,7 +78,8 @@ def test_seen_task_keeps_its_embedding_mask_and_discount(mt70_ckpt, tmp_path):
     assert not torch.equal(scratch.agent.model.task_emb.weight, saved.model.task_emb.weight)
     obs, _ = trainer.env.reset(seed=0)
     assert obs.shape == (39,) and (obs[24:] == 0).all()  # walker's 24 dims, zero-padded
-    a = trainer.agent.act(torch.as_tensor(obs)[None], torch.tensor([True]), trainer.task_t)
+    a = trainer.agent.act(torch.as_tensor(obs)[None, None], torch.tensor([[True]]),
+                          trainer.task_t[None])[0]
     assert (a[0, saved_cfg.action_dims[tid]:] == 0).all()
 
 
@@ -92,10 +93,10 @@ def test_unseen_task_starts_from_its_source_task(mt70_ckpt, tmp_path):
     assert cfg.tasks[-1] == "walker-run" and cfg.num_tasks == 71 and cfg.action_dims[-1] == 6
     assert cfg.discounts[-1] == pytest.approx(0.99)
     trainer = FinetuneTrainer(cfg, "finetune", setup, state)
-    emb = trainer.agent.model.task_emb.weight
+    emb = trainer.agent.model.task_emb.weight[0]  # the one seed's
     assert emb.shape == (71, saved_cfg.task_dim)
-    assert torch.equal(emb[:70], saved.model.task_emb.weight)
-    assert torch.equal(emb[70], saved.model.task_emb.weight[src])
+    assert torch.equal(emb[:70], saved.model.task_emb.weight[0])
+    assert torch.equal(emb[70], saved.model.task_emb.weight[0, src])
     assert trainer.agent.model.action_masks[70].tolist() == [1.0] * 6
 
 
@@ -108,8 +109,8 @@ def test_unseen_task_without_a_source_starts_from_the_mean(tmp_path):
     assert setup == {"task_id": 69, "unseen": True, "source_id": None}
     agent = MBDPO(cfg)
     load_pretrained(agent, state, setup)
-    mean = saved.model.task_emb.weight.mean(0)
-    assert torch.allclose(agent.model.task_emb.weight[69], mean)
+    mean = saved.model.task_emb.weight[0].mean(0)
+    assert torch.allclose(agent.model.task_emb.weight[0, 69], mean)
     # an explicit source_task wins over the map, and must be in the set
     cfg = ft_cfg("walker-run", "source_task=cheetah-run-backwards")
     assert finetune_setup(cfg, state["config"], path)["source_id"] == cfg.tasks.index(

@@ -5,6 +5,7 @@ import torch
 
 from mbdpo.math import RunningMeanStd, RunningScale, TwoHot, squashed_gaussian, symexp, symlog
 from mbdpo.nn import Ensemble, SimNorm, mish
+from mbdpo.noise import Noise
 
 
 def test_symlog_symexp_inverse():
@@ -62,37 +63,55 @@ def test_fast_mish_matches_torch_and_gradcheck():
 
 
 def test_squashed_gaussian_bounds_and_mask():
-    mean, log_std = torch.randn(1000, 3) * 3, torch.randn(1000, 3)
-    a, logp, mu = squashed_gaussian(mean, log_std, -10, 2)
+    mean, log_std = torch.randn(1, 1000, 3) * 3, torch.randn(1, 1000, 3)
+    a, logp, mu = squashed_gaussian(mean, log_std, -10, 2, Noise([0]))
     assert a.abs().max() <= 1 and mu.abs().max() <= 1 and torch.isfinite(logp).all()
     mask = torch.tensor([1.0, 1.0, 0.0])
-    a, logp, mu = squashed_gaussian(mean, log_std, -10, 2, mask=mask)
-    assert (a[:, 2] == 0).all() and (mu[:, 2] == 0).all()
+    a, logp, mu = squashed_gaussian(mean, log_std, -10, 2, Noise([0]), mask=mask)
+    assert (a[..., 2] == 0).all() and (mu[..., 2] == 0).all()
 
 
 def test_ensemble_subset_equals_full_members():
-    ens = Ensemble(5, 7, [16, 16], 3)
+    ens = Ensemble(2, 5, 7, [16, 16], 3)
     for w in ens.weights:  # non-zero last layer so outputs differ by member
         torch.nn.init.normal_(w)
     ens.eval()
-    x = torch.randn(10, 7)
+    x = torch.randn(2, 10, 7)
     full = ens(x)
-    idx = torch.tensor([3, 1])
+    idx = torch.tensor([[3, 1], [0, 4]])  # members of seed 0, of seed 1
     sub = ens(x, idx)
-    assert full.shape == (5, 10, 3)
-    assert torch.allclose(sub, full[idx], atol=1e-6)
-    assert not torch.allclose(full[0], full[1])
+    assert full.shape == (2, 5, 10, 3) and sub.shape == (2, 2, 10, 3)
+    torch.testing.assert_close(sub[0], full[0, [3, 1]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(sub[1], full[1, [0, 4]], atol=1e-6, rtol=0)
+    assert not torch.allclose(full[0, 0], full[0, 1])
+    # seed 1's members are its own networks: the same as a one-seed ensemble with its weights
+    one = Ensemble(1, 5, 7, [16, 16], 3).eval()
+    with torch.no_grad():
+        for mine, theirs in zip(one.parameters(), ens.parameters()):
+            mine.copy_(theirs[1:2])
+    torch.testing.assert_close(one(x[1:2])[0], full[1], atol=1e-6, rtol=0)
 
 
 def test_running_scale_and_meanstd():
     rs = RunningScale(tau=1.0)
-    rs.update(torch.linspace(0, 100, 1001))
+    rs.update(torch.linspace(0, 100, 1001)[None])
     assert math.isclose(rs.value.item(), 90.0, rel_tol=1e-3)
-    assert math.isclose(rs(torch.tensor(90.0)).item(), 1.0, rel_tol=1e-3)
+    assert math.isclose(rs(torch.tensor([90.0])).item(), 1.0, rel_tol=1e-3)
     st = RunningMeanStd(momentum=0.0, clip=5)
-    st.update(torch.tensor([1.0, 3.0]))
+    st.update(torch.tensor([[1.0, 3.0]]))
     assert math.isclose(st.mean.item(), 2.0) and math.isclose(st.std.item(), 1.0)
-    assert st(torch.tensor([100.0])).item() == 5.0
+    assert st(torch.tensor([[100.0]])).item() == 5.0
+
+
+def test_running_statistics_are_kept_per_seed():
+    """Two seeds, two batches: each seed's scale and energy statistics are those of its own
+    batch, as a one-seed statistic fed that batch alone gives."""
+    rs, st = RunningScale(tau=1.0, seeds=2), RunningMeanStd(momentum=0.0, clip=5, seeds=2)
+    rs.update(torch.stack([torch.linspace(0, 100, 1001), torch.linspace(0, 10, 1001)]))
+    assert torch.allclose(rs.value, torch.tensor([90.0, 9.0]), rtol=1e-3)
+    st.update(torch.tensor([[1.0, 3.0], [-4.0, 4.0]]))
+    assert st.mean.tolist() == [2.0, 0.0] and st.std.tolist() == [1.0, 4.0]
+    assert st(torch.tensor([[4.0], [4.0]])).flatten().tolist() == [2.0, 1.0]
 
 
 def test_running_scale_averages_clamped_ranges():
@@ -100,9 +119,9 @@ def test_running_scale_averages_clamped_ranges():
     scale at 1; a range of 9 then moves it by tau * (9 - 1)."""
     rs = RunningScale(tau=0.5)
     for _ in range(3):
-        rs.update(torch.linspace(0, 0.2 / 0.9, 1001))  # 5th-95th percentile range 0.2
+        rs.update(torch.linspace(0, 0.2 / 0.9, 1001)[None])  # 5th-95th percentile range 0.2
     assert math.isclose(rs.value.item(), 1.0, rel_tol=1e-6)
-    rs.update(torch.linspace(0, 10, 1001))  # range 9
+    rs.update(torch.linspace(0, 10, 1001)[None])  # range 9
     assert math.isclose(rs.value.item(), 5.0, rel_tol=1e-4)
 
 
@@ -110,16 +129,16 @@ def test_running_meanstd_smooths_the_std_not_the_variance():
     """The published code smooths the batch std: from 1, batch stds 1 and 3 with momentum 0.5
     give 2 (smoothing the variance would give sqrt(5) = 2.236)."""
     st = RunningMeanStd(momentum=0.5, clip=5)
-    st.update(torch.tensor([-1.0, 1.0]))  # std 1, mean 0
-    st.update(torch.tensor([-3.0, 3.0]))  # std 3
+    st.update(torch.tensor([[-1.0, 1.0]]))  # std 1, mean 0
+    st.update(torch.tensor([[-3.0, 3.0]]))  # std 3
     assert math.isclose(st.std.item(), 2.0, rel_tol=1e-6)
-    assert math.isclose(st(torch.tensor([4.5])).item(), 2.25, rel_tol=1e-6)
+    assert math.isclose(st(torch.tensor([[4.5]])).item(), 2.25, rel_tol=1e-6)
 
 
 def test_running_meanstd_loads_a_checkpoint_that_kept_the_variance():
     st = RunningMeanStd(momentum=0.99, clip=5)
     st.load_state_dict({"mean": torch.tensor(0.5), "var": torch.tensor(4.0)})
-    assert st.std.item() == 2.0 and st.mean.item() == 0.5
+    assert st.std.tolist() == [2.0] and st.mean.tolist() == [0.5]
 
 
 def test_squashed_gaussian_log_prob_is_the_gaussian_before_tanh():
@@ -130,8 +149,9 @@ def test_squashed_gaussian_log_prob_is_the_gaussian_before_tanh():
     lo, hi = -10.0, 2.0
     std = (lo + 0.5 * (hi - lo) * (torch.tanh(raw) + 1)).exp()
     for mask in (None, torch.tensor([1.0, 1.0, 0.0])):
-        torch.manual_seed(0)
-        a, logp, _ = squashed_gaussian(mean, raw, lo, hi, mask=mask)
+        torch.manual_seed(0)  # one seed draws from the default generator
+        a, logp, _ = squashed_gaussian(mean[None], raw[None], lo, hi, Noise([0]), mask=mask)
+        a, logp = a[0], logp[0]
         torch.manual_seed(0)
         u = mean + torch.randn_like(mean) * std  # the same pre-tanh sample
         per_dim = torch.distributions.Normal(mean, std).log_prob(u)

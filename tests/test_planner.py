@@ -1,18 +1,31 @@
 """The planner against known answers (ALGORITHM.md §3)."""
 import torch
 
+from mbdpo.noise import Noise
 from mbdpo.planner import DiffusionPlanner
 from tests.conftest import make_cfg
 
 
+def seed_stream(seed):
+    """The random stream of one seed ``seed`` (S = 1), which the planner draws its candidates
+    from: a ``Noise`` of that seed, with torch's default generator seeded ``seed`` as well (a
+    one-seed ``Noise`` may draw from the default generator rather than a generator of its
+    own; either way the draws are seed ``seed``'s)."""
+    torch.manual_seed(seed)
+    return Noise([seed])
+
+
 class QuadraticModel:
     """A world model whose imagined return is J(X) = -||X - X*||^2: the latent is the time
-    index, dynamics add one, the reward of step t is -||a_t - X*_t||^2, values are zero."""
+    index, dynamics add one, the reward of step t is -||a_t - X*_t||^2, values are zero.
+    One seed (S = 1): every tensor leads with the seed dimension, and the planner draws its
+    candidates from ``noise``, the stream of seed ``seed``."""
 
     termination_head = None
 
-    def __init__(self, target):
+    def __init__(self, target, seed=0):
         self.target = target  # (H, A)
+        self.noise = seed_stream(seed)
 
     def next(self, z, a, e):
         return z + 1
@@ -38,50 +51,48 @@ class QuadraticModel:
         return a, None, a
 
 
-def planner_for(target, **kw):
+def planner_for(target, seed=0, **kw):
     H, A = target.shape
     cfg = make_cfg("task=cartpole-balance", f"horizon={H}", "energy_eta=0",
                    *[f"{k}={v}" for k, v in kw.items()], action_dim=A)
-    return DiffusionPlanner(cfg, QuadraticModel(target))
+    return DiffusionPlanner(cfg, QuadraticModel(target, seed))
 
 
 def test_planner_finds_known_optimum():
-    torch.manual_seed(0)
     target = torch.tensor([[0.5, -0.3, 0.8], [-0.6, 0.2, 0.0], [0.1, 0.9, -0.4]])
-    planner = planner_for(target)  # default K=512, N=20, 64 elites, 24 policy plans
+    planner = planner_for(target, seed=0)  # default K=512, N=20, 64 elites, 24 policy plans
     E = 4  # several environments planned in one batch
-    z = torch.zeros(E, 1)
-    plan = planner.plan(z, None, None, torch.ones(E), torch.zeros(E, 3, 3))
-    assert plan.shape == (E, 3, 3)
+    z = torch.zeros(1, E, 1)
+    plan = planner.plan(z, None, None, torch.ones(1, E), torch.zeros(1, E, 3, 3))
+    assert plan.shape == (1, E, 3, 3)
     err = (plan - target).abs().max().item()
     assert err < 0.05, f"planner missed the optimum by {err:.3f}"
 
 
 def test_planner_without_policy_candidates_also_converges():
-    torch.manual_seed(1)
     target = torch.tensor([[-0.7, 0.4], [0.3, 0.3]])
-    planner = planner_for(target, diffusion_num_pi_trajs=0)
-    plan = planner.plan(torch.zeros(2, 1), None, None, torch.ones(2), torch.zeros(2, 2, 2))
+    planner = planner_for(target, seed=1, diffusion_num_pi_trajs=0)
+    plan = planner.plan(torch.zeros(1, 2, 1), None, None, torch.ones(1, 2),
+                        torch.zeros(1, 2, 2, 2))
     assert (plan - target).abs().max().item() < 0.05
 
 
 def test_plan_horizon_longer_than_the_training_horizon():
     """plan_horizon=5 on a model trained with horizon 3: plans have 5 steps and all 5 reach
     the optimum of a 5-step return."""
-    torch.manual_seed(3)
     target = torch.tensor([[0.4], [-0.5], [0.7], [-0.2], [0.3]])
     cfg = make_cfg("task=cartpole-balance", "horizon=3", "plan_horizon=5", "energy_eta=0")
-    planner = DiffusionPlanner(cfg, QuadraticModel(target))
-    plan = planner.plan(torch.zeros(2, 1), None, None, torch.ones(2), torch.zeros(2, 5, 1))
-    assert plan.shape == (2, 5, 1)
+    planner = DiffusionPlanner(cfg, QuadraticModel(target, seed=3))
+    plan = planner.plan(torch.zeros(1, 2, 1), None, None, torch.ones(1, 2),
+                        torch.zeros(1, 2, 5, 1))
+    assert plan.shape == (1, 2, 5, 1)
     assert (plan - target).abs().max().item() < 0.05
 
 
 def test_update_identity_each_step():
     """x_{τ-1} = (x_τ + (1-ᾱ_τ)·ŝ)/sqrt(α_τ) collapses to sqrt(ᾱ_{τ-1})·X̄."""
-    torch.manual_seed(2)
     target = torch.tensor([[0.2, -0.5], [0.6, 0.1], [-0.3, 0.3]])
-    planner = planner_for(target)
+    planner = planner_for(target, seed=2)
     seen = []
     orig = planner.weighted_mean
 
@@ -93,11 +104,12 @@ def test_update_identity_each_step():
     planner.weighted_mean = recording
     xs = []
     orig_plan_abar = planner.alphas_bar
-    plan = planner.plan(torch.zeros(1, 1), None, None, torch.ones(1), torch.zeros(1, 3, 2))
+    plan = planner.plan(torch.zeros(1, 1, 1), None, None, torch.ones(1, 1),
+                        torch.zeros(1, 1, 3, 2))
     N = len(orig_plan_abar)
     assert len(seen) == N - 1
     # replay the recursion from the recorded X̄: every x_{i-1} equals sqrt(ᾱ_{i-1}) X̄_i
-    x = torch.zeros(1, 3, 2)
+    x = torch.zeros(1, 1, 3, 2)
     for k, i in enumerate(range(N - 1, 0, -1)):
         abar = planner.alphas_bar[i]
         score = (abar.sqrt() * seen[k] - x) / (1 - abar)
@@ -118,22 +130,24 @@ def test_sampling_width_schedule():
 
 def test_warm_start_is_used():
     """Starting from the optimum keeps the plan there even with tiny sampling budgets."""
-    torch.manual_seed(3)
     target = torch.tensor([[0.9, -0.9]])
-    planner = planner_for(target, diffusion_num_samples=16, diffusion_num_elites=4,
+    planner = planner_for(target, seed=3, diffusion_num_samples=16, diffusion_num_elites=4,
                           diffusion_num_pi_trajs=0, diffusion_steps=3)
-    warm = planner.plan(torch.zeros(1, 1), None, None, torch.ones(1), target[None])
-    cold = planner.plan(torch.zeros(1, 1), None, None, torch.ones(1), torch.zeros(1, 1, 2))
+    warm = planner.plan(torch.zeros(1, 1, 1), None, None, torch.ones(1, 1), target[None, None])
+    cold = planner.plan(torch.zeros(1, 1, 1), None, None, torch.ones(1, 1),
+                        torch.zeros(1, 1, 1, 2))
     assert (warm - target).abs().max() < (cold - target).abs().max()
 
 
 class OffsetValueModel(QuadraticModel):
-    """The quadratic model whose terminal value is a large offset drawn anew at every call, as
+    """The quadratic model whose terminal value is a large offset drawn anew at every call
+    (one per seed, from the seed's stream, as the real model draws its Q pair), as
     different pairs of Q members would give: candidates scored in separate calls would be
     ranked by the offsets, not by their returns. Its policy prior proposes zero plans."""
 
     def Q_avg(self, z, a, e):
-        return torch.full(z.shape[:-1], 50.0 * torch.randn(()).item())
+        offset = 50.0 * self.noise.randn()  # (S,)
+        return offset.view(-1, *[1] * (z.dim() - 2)).expand(z.shape[:-1])
 
 
 def test_candidates_of_one_step_are_ranked_under_one_Q_pair():
@@ -147,22 +161,22 @@ def test_candidates_of_one_step_are_ranked_under_one_Q_pair():
     planner = DiffusionPlanner(cfg, OffsetValueModel(target))
     errs = []
     for seed in range(4):
-        torch.manual_seed(seed)
-        plan = planner.plan(torch.zeros(2, 1), None, None, torch.ones(2), torch.zeros(2, H, A))
+        planner.model.noise = seed_stream(seed)
+        plan = planner.plan(torch.zeros(1, 2, 1), None, None, torch.ones(1, 2),
+                            torch.zeros(1, 2, H, A))
         errs.append((plan - target).abs().max().item())
     assert max(errs) < 0.05, errs
 
 
 class RandomPolicyModel(QuadraticModel):
-    def pi(self, z, e, mask=None):
-        a = 0.5 * torch.randn(*z.shape[:-1], self.target.shape[1])
+    def pi(self, z, e, mask=None):  # its draws from the seed's stream, as the real model's
+        a = 0.5 * self.noise.randn(*z.shape[1:-1], self.target.shape[1])
         return a, None, a
 
 
 def test_policy_candidates_are_fresh_rollouts_at_every_denoising_step():
     """Each of the N-1 steps scores exactly K candidates in one call, the first P of them new
     draws of the policy prior."""
-    torch.manual_seed(0)
     target = torch.zeros(3, 2)
     cfg = make_cfg("task=cartpole-balance", "horizon=3", "energy_eta=0", "diffusion_steps=6",
                    "diffusion_num_samples=40", "diffusion_num_elites=8",
@@ -177,11 +191,11 @@ def test_policy_candidates_are_fresh_rollouts_at_every_denoising_step():
         return J, X
 
     planner.returns = recording
-    planner.plan(torch.zeros(1, 1), None, None, torch.ones(1), torch.zeros(1, 3, 2))
+    planner.plan(torch.zeros(1, 1, 1), None, None, torch.ones(1, 1), torch.zeros(1, 1, 3, 2))
     assert len(calls) == 5
-    assert all(J.shape == (1, 40) and X.shape == (1, 40, 3, 2) for J, X in calls)
-    pis = torch.stack([X[0, :5] for _, X in calls])  # (steps, P, H, A)
+    assert all(J.shape == (1, 1, 40) and X.shape == (1, 1, 40, 3, 2) for J, X in calls)
+    pis = torch.stack([X[0, 0, :5] for _, X in calls])  # (steps, P, H, A)
     assert (pis[1:] - pis[:-1]).abs().amin(dim=(1, 2, 3)).gt(0).all()  # redrawn every step
     # a policy candidate's J is its own return: -||X - 0||^2 summed over the horizon
     J, X = calls[0]
-    torch.testing.assert_close(J[0], -X[0].pow(2).sum((-1, -2)))
+    torch.testing.assert_close(J[0, 0], -X[0, 0].pow(2).sum((-1, -2)))

@@ -123,8 +123,9 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
         if agent is None:
             actions = np.stack([venv.single_action_space.sample() for _ in range(E)])
         else:
-            actions = agent.act(torch.as_tensor(obs), torch.full((E,), t == 0),
-                                task_t, eval_mode=True, stream="eval").cpu().numpy()
+            actions = agent.act(torch.as_tensor(obs)[None], torch.full((1, E), t == 0),
+                                None if task_t is None else task_t[None], eval_mode=True,
+                                stream="eval")[0].cpu().numpy()
         out = step_or_stop(venv, actions, stop)
         if out is None:
             bar.close()

@@ -85,8 +85,9 @@ def load_pretrained(agent: MBDPO, state: dict, setup: dict) -> None:
     model = dict(state["agent"]["model"])
     if setup["unseen"]:
         emb = model["task_emb.weight"]
-        row = emb[setup["source_id"]] if setup["source_id"] is not None else emb.mean(0)
-        model["task_emb.weight"] = torch.cat([emb, row[None]])
+        emb = emb if emb.dim() == 3 else emb[None]  # (seeds, tasks, dim); older: (tasks, dim)
+        row = emb[:, setup["source_id"]] if setup["source_id"] is not None else emb.mean(1)
+        model["task_emb.weight"] = torch.cat([emb, row[:, None]], 1)
         model["action_masks"] = agent.model.action_masks
     agent.model.load_state_dict(model)
     agent.scale.load_state_dict(state["agent"]["scale"])

@@ -8,7 +8,7 @@ import os
 import time
 
 from mbdpo import distributed, faults
-from mbdpo.agent import MBDPO
+from mbdpo.agent import MBDPO, stack_seeds
 from mbdpo.config import ConfigError
 from mbdpo.envs import make_env
 from mbdpo.logging import CSVLog, Logger
@@ -127,7 +127,8 @@ class OfflineTrainer(Trainer):
             if self._stop_now(stop):
                 self.check_finite(losses, self.step)
                 self.interrupted(marked=False)
-            losses = self.agent.update(self.store.sample(cfg.batch_size, cfg.horizon))
+            losses = self.agent.update(stack_seeds([self.store.sample(cfg.batch_size,
+                                                                      cfg.horizon)]))
             self.step += 1
             faults.reach("update")
             if self.step % cfg.log_freq == 0:

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from mbdpo import faults
-from mbdpo.agent import MBDPO
+from mbdpo.agent import MBDPO, stack_seeds
 from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
 from mbdpo.offline import SANE
@@ -212,7 +212,9 @@ class OnlineTrainer(Trainer):
                 return self.interrupted()
             t0 = torch.tensor([ep is not None and not ep["action"] for ep in eps])
             if self.step >= self.random_steps:
-                actions = self.agent.act(torch.as_tensor(obs), t0, self._task_rows(N)).cpu().numpy()
+                task = self._task_rows(N)
+                actions = self.agent.act(torch.as_tensor(obs)[None], t0[None],
+                                         None if task is None else task[None])[0].cpu().numpy()
             else:
                 actions = np.stack([self.env.action_space.sample() for _ in range(N)])
             out = step_or_stop(self.envs, actions, stop)
@@ -319,7 +321,8 @@ class OnlineTrainer(Trainer):
         bar = tqdm(total=n, desc="Pretraining", unit="update", leave=False, mininterval=2,
                    disable=n <= 1)
         for _ in range(n):
-            losses = self.agent.update(self.buffer.sample(self.cfg.batch_size, self.cfg.horizon))
+            losses = self.agent.update(stack_seeds([self.buffer.sample(self.cfg.batch_size,
+                                                                       self.cfg.horizon)]))
             self.updates += 1
             faults.reach("update")
             bar.update()
