@@ -239,6 +239,8 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     cfg.episode_lengths = [s.episode_length for s in specs]
     cfg.discounts = [discount(s.episode_length, cfg) for s in specs]
     cfg.episodic = any(s.episodic for s in specs)
+    if cfg.get("seeds") is not None:
+        _check_seeds(cfg)
     _check(cfg.horizon < min(cfg.episode_lengths), "horizon", cfg.horizon,
            f"expected fewer steps than an episode of {cfg.task} ({min(cfg.episode_lengths)}): "
            "training samples horizon + 1 steps of one episode")
@@ -249,6 +251,24 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
            and name.strip() == name and name.isprintable(), "exp_name", name,
            "expected one folder name (not empty, '.' or '..'; no '/' or '\\')")
     return cfg
+
+
+def _check_seeds(cfg) -> None:
+    """``seeds=[...]``: distinct integers >= 0, for an online run of one task (the seeds' runs
+    step in lockstep, ``mbdpo/trainers/seeds.py``: every task's episodes have a fixed
+    length)."""
+    from omegaconf import OmegaConf
+    seeds = cfg.seeds
+    listed = OmegaConf.is_list(seeds) or isinstance(seeds, (list, tuple))
+    ints = listed and len(seeds) > 0 and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    _check(ints, "seeds", list(seeds) if listed else seeds,
+           "expected a list of integers >= 0, e.g. seeds=[1,2,3]")
+    _check(len(set(seeds)) == len(seeds), "seeds", list(seeds), "expected distinct seeds")
+    if cfg.multitask:
+        raise ConfigError("seeds=[...] trains several seeds of an online run of one task in one "
+                          "process; multi-task offline training takes one seed per run: pass "
+                          "seed=N and start a run per seed.")
 
 
 def plan_horizon(cfg) -> int:

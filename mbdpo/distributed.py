@@ -136,7 +136,8 @@ def mean_and_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     numbers on each): two (S,) tensors."""
     x = x.detach().float()
     if not active():
-        return x.mean(-1), x.std(-1, unbiased=False)
+        from mbdpo.math import row_std  # (mbdpo.math imports this module)
+        return x.mean(-1), row_std(x, correction=0)
     moments = torch.stack([x.mean(-1), x.pow(2).mean(-1)])
     dist.all_reduce(moments)
     moments /= world()

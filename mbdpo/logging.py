@@ -85,6 +85,7 @@ class Logger:
         processes of a torchrun run other than rank 0) writes nothing."""
         self.cfg, self.dir = cfg, run_dir
         self.start = time.time()
+        self.tag = ""  # after the kind in console lines (" seed 3" with seeds=[...])
         self.wandb = self.tensorboard = None
         self.csv = {}
         if not enabled:
@@ -131,7 +132,8 @@ class Logger:
         eta = max(total - step, 0) / steps_per_sec if steps_per_sec > 0 else float("inf")
         vals = "  ".join(f"{k} {_fmt(float(v)) if not isinstance(v, str) else v}"
                          for k, v in values.items())
-        return (f"[{kind}] step {step:>9,}/{total:,}  {vals}  {steps_per_sec:6.1f} steps/s  "
+        return (f"[{kind}{self.tag}] step {step:>9,}/{total:,}  {vals}  {steps_per_sec:6.1f} "
+                f"steps/s  "
                 f"elapsed {eta_string(time.time() - self.start)}  ETA {eta_string(eta)}")
 
     def finish(self) -> None:
@@ -145,10 +147,14 @@ def _init_wandb(cfg, run_dir: str, resume: bool):
     import wandb
     id_file = os.path.join(run_dir, "wandb_id.txt")
     run_id = open(id_file).read().strip() if resume and os.path.exists(id_file) else None
+    import threading
+    # seeds=[...]: each seed's run logs from a thread of its own, one wandb run each at once
+    several = threading.current_thread() is not threading.main_thread()
     run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode,
                      dir=run_dir, name=f"{cfg.task}-{cfg.seed}-{cfg.exp_name}", id=run_id,
                      resume="allow" if run_id else None,
-                     config=OmegaConf.to_container(cfg, resolve=True))
+                     config=OmegaConf.to_container(cfg, resolve=True),
+                     **({"reinit": "create_new"} if several else {}))
     with open(id_file, "w") as f:
         f.write(run.id)
     return run

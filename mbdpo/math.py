@@ -53,6 +53,15 @@ class TwoHot:
         return -(self.encode(target.float()) * F.log_softmax(logits.float(), dim=-1)).sum(-1)
 
 
+def row_std(x: torch.Tensor, correction: int = 1, keepdim: bool = False) -> torch.Tensor:
+    """Standard deviation over the last dimension, from the row mean and a sum of squares.
+    ``torch.std`` is not batch-invariant on the CPU: a row's result may differ in the last bit
+    with the number of rows beside it (seen for candidate returns of 32 samples, one seed's row
+    against two), which would part seed s of a batched run from its single run."""
+    d = x - x.mean(-1, keepdim=True)
+    return (d.square().sum(-1, keepdim=keepdim) / (x.shape[-1] - correction)).sqrt()
+
+
 def squashed_gaussian(mean: torch.Tensor, log_std_raw: torch.Tensor, log_std_min: float,
                       log_std_max: float, noise, mask: torch.Tensor | None = None):
     """Sample a tanh-squashed Gaussian. Returns (action, Gaussian log-prob (..., 1), mean action).

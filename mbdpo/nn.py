@@ -59,6 +59,11 @@ def seed_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(t.shape[0], *[1] * (ndim - t.dim()), *t.shape[1:])
 
 
+# below this many rows per seed a linear layer on the CPU multiplies seed by seed
+# (Linear.forward)
+SMALL_ROWS = 16
+
+
 class Linear(nn.Module):
     """S independent linear layers, one per seed: weight (S, out, in), bias (S, out). Input
     (S, ..., in) -> (S, ..., out) in one batched matmul (with S = 1, an ordinary run)."""
@@ -76,7 +81,17 @@ class Linear(nn.Module):
             # takes another path for one matrix than for several)
             return (x * self.weight.view(S, *[1] * (x.dim() - 2), -1)).sum(-1, keepdim=True) + \
                 self.bias.view(S, *[1] * (x.dim() - 1))
-        y = torch.baddbmm(self.bias.unsqueeze(1), x.reshape(S, -1, x.shape[-1]), self.weight.mT)
+        x2 = x.reshape(S, -1, x.shape[-1])
+        if x2.shape[1] < SMALL_ROWS and x2.device.type == "cpu":
+            # a few rows (the encoder when acting): one product per seed, each on a fresh
+            # (aligned) copy of its rows. The CPU's BLAS rounds a product of 2-3 rows
+            # differently in a batch than alone, and differently again when the rows do not
+            # start on an aligned address (seed s > 0 of a batch): this way seed s gets the
+            # numbers of its own single run
+            y = torch.stack([torch.addmm(self.bias[s], x2[s].clone(), self.weight[s].T)
+                             for s in range(S)])
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), x2, self.weight.mT)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 

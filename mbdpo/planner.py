@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from mbdpo.config import plan_horizon
+from mbdpo.math import row_std
 
 
 class DiffusionPlanner:
@@ -89,7 +90,7 @@ class DiffusionPlanner:
         if mask is not None:
             X = X * mask.unsqueeze(2)
         J, X = self.returns(z, X, e, discount, mask, num_pi=self.P, heads=heads)
-        J = (J - J.mean(-1, keepdim=True)) / (J.std(-1, keepdim=True) + 1e-6)
+        J = (J - J.mean(-1, keepdim=True)) / (row_std(J, keepdim=True) + 1e-6)
         elite_J, idx = torch.topk(J, self.num_elites, dim=-1)  # (S, E, n_elites)
         elites = torch.gather(X, 2, idx[..., None, None].expand(-1, -1, -1, self.H, self.A))
         w = torch.softmax(elite_J / self.temperature, dim=-1)

@@ -37,6 +37,7 @@ class OnlineTrainer(Trainer):
     ``make_agent`` and the seeding attributes set at the end of ``__init__``."""
 
     task_id: int | None = None  # the task's index in a multi-task model's task set
+    show_bars = True  # progress bars of evaluations and bursts (seeds=[...]: the first seed's)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -136,7 +137,7 @@ class OnlineTrainer(Trainer):
         video = 0 if self.cfg.save_video else None
         result = run_episodes(self.agent, self.eval_envs, task=self.task_id, video_env=video,
                               seed=eval_seed(self.cfg.seed, self.step), stop=stop,
-                              bar_steps=self.episode_length)
+                              bar_steps=self.episode_length if self.show_bars else None)
         if result is None:
             return None
         if result["frames"]:
@@ -319,7 +320,7 @@ class OnlineTrainer(Trainer):
         losses = {}
         # the burst takes minutes on a CPU (2,500 updates at ~4/s): a bar with updates/s and ETA
         bar = tqdm(total=n, desc="Pretraining", unit="update", leave=False, mininterval=2,
-                   disable=n <= 1)
+                   disable=n <= 1 or not self.show_bars)
         for _ in range(n):
             losses = self.agent.update(stack_seeds([self.buffer.sample(self.cfg.batch_size,
                                                                        self.cfg.horizon)]))

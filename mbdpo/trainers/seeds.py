@@ -1,0 +1,334 @@
+"""Several seeds of one online run in one process (``seeds=[1,2,3]``): S independent runs that
+share one batched agent (``MBDPO(cfg, seeds)``: one action plans for all S, one update steps
+all S).
+
+Each seed is an ordinary ``OnlineTrainer`` (its lane) with its own run folder
+(``<work_dir>/<task>/<seed>/<exp_name>``), environments, replay, logger, checkpoints and
+evaluation, run in a thread of its own. The lanes' agent is a stand-in that meets the other
+lanes at every call (an action, an update, the episode diagnostics, a check of the stop flag)
+and makes the call once for all of them. The lanes run the same loop in lockstep: with
+episodes of a fixed length (the suites' tasks, except those that may terminate early) every
+seed reaches the same calls in the same order, as its single run would. Why threads and a
+meeting point rather than one loop over S × N environments: the single-seed loop (seeding,
+bursts, evaluations, checkpoints, resume, Ctrl-C) then serves every seed unchanged, and the
+environments of different seeds step at the same time.
+
+A seed's checkpoint holds that seed's part of the agent (``agent.one_seed``) and its random
+stream: it loads as a single run of that seed (``evaluate.py``, ``plot.py``, fine-tuning).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import threading
+
+import torch
+
+from mbdpo import checkpoint as ckpt
+from mbdpo.agent import MBDPO, one_seed
+from mbdpo.config import ConfigError, run_dir
+from mbdpo.trainers.base import StopRequested
+from mbdpo.trainers.online import OnlineTrainer
+
+
+class _LaneLeft(Exception):
+    """Another lane left (it stopped or failed): this one stops too."""
+
+
+class Lanes:
+    """The meeting point of S lanes: ``call(lane, kind, payload)`` blocks until every lane has
+    made a call of the same kind, runs it once for all (``_run``) and hands each lane its
+    part. A lane that leaves (``leave``) releases the others with ``_LaneLeft``."""
+
+    def __init__(self, cfg, seeds: list[int], stop: StopRequested):
+        self.cfg, self.seeds, self.S, self.stop = cfg, seeds, len(seeds), stop
+        self.agent: MBDPO | None = None
+        self.cond = threading.Condition()
+        self.pending: dict[int, tuple] = {}
+        self.results: list | None = None
+        self.generation = 0
+        self.left: set[int] = set()
+        self.error: BaseException | None = None
+
+    def make_agent(self, cfg) -> MBDPO:
+        with self.cond:
+            if self.agent is None:
+                self.agent = MBDPO(cfg, self.seeds)
+            return self.agent
+
+    def leave(self, lane: int) -> None:
+        with self.cond:
+            self.left.add(lane)
+            self.cond.notify_all()
+
+    def call(self, lane: int, kind, payload=None):
+        with self.cond:
+            if self.left:
+                raise _LaneLeft
+            self.pending[lane] = (kind, payload)
+            generation = self.generation
+            if len(self.pending) == self.S:
+                kinds = {k for k, _ in self.pending.values()}
+                try:
+                    if len(kinds) > 1:
+                        raise RuntimeError(f"the seeds' runs went out of step ({kinds}): "
+                                           "their episodes must have the same lengths")
+                    self.results = self._run(kind, [self.pending[i][1] for i in range(self.S)])
+                except BaseException as err:  # every lane raises it
+                    self.error = err
+                self.pending = {}
+                self.generation += 1
+                self.cond.notify_all()
+            else:
+                while self.generation == generation and not self.left:
+                    self.cond.wait(0.5)
+                if self.generation == generation:
+                    raise _LaneLeft
+            if self.error is not None:
+                raise _LaneLeft from self.error
+            return self.results[lane]
+
+    def _run(self, kind, payloads: list) -> list:
+        agent, S = self.agent, self.S
+        if kind == "stop":  # one answer for every lane, so that all stop at the same point
+            return [bool(self.stop)] * S
+        if kind[0] == "act":
+            _, eval_mode, stream = kind
+            obs = torch.cat([p[0] for p in payloads])
+            t0 = torch.cat([p[1] for p in payloads])
+            task = None if payloads[0][2] is None else torch.cat([p[2] for p in payloads])
+            a = agent.act(obs, t0, task, eval_mode=eval_mode, stream=stream)
+            return [a[i:i + 1] for i in range(S)]
+        if kind == "update":
+            batch = {k: (torch.cat([p[k] for p in payloads]) if torch.is_tensor(payloads[0][k])
+                         else payloads[0][k]) for k in payloads[0]}
+            out = agent.update(batch)
+            return [{k: v[i:i + 1] for k, v in out.items()} for i in range(S)]
+        if kind == "diagnostics":
+            cols = [torch.stack([torch.as_tensor(p[j]) for p in payloads]) for j in range(4)]
+            return agent.diagnostics_per_seed(*cols, payloads[0][4])
+        if kind == "load":
+            agent.load_state_dict(stack_states(payloads))
+            return [None] * S
+        if kind == "saved":  # every seed's new unit is written
+            return [None] * S
+        raise ValueError(f"unknown call {kind!r}")
+
+
+def stack_states(states: list[dict]) -> dict:
+    """One-seed agent states (``one_seed``, in seed order) -> the batched agent's state."""
+    from mbdpo.world_model import SHARED
+    first = states[0]
+
+    def cat(ts):
+        return torch.cat(list(ts))
+    model = {k: (v if k.rsplit(".", 1)[-1] in SHARED else cat(s["model"][k] for s in states))
+             for k, v in first["model"].items()}
+
+    def optim(name):
+        st = first[name]
+        return {**st, "state": {k: {n: (v if n == "step" else cat(
+            s[name]["state"][k][n] for s in states)) for n, v in group.items()}
+            for k, group in st["state"].items()}}
+    scale = {k: (cat(s["scale"][k] for s in states) if k == "value" else v)
+             for k, v in first["scale"].items()}
+    warm = {k: cat(s["warm"][k] for s in states) for k in first["warm"]
+            if all(k in s["warm"] for s in states)}
+    return {"model": model, "optim": optim("optim"), "pi_optim": optim("pi_optim"),
+            "scale": scale, "warm": warm, "seeds": [s["seeds"][0] for s in states],
+            "noise": [s["stream"] for s in states] if all("stream" in s for s in states)
+            else []}
+
+
+class _LaneStop:
+    """A lane's view of Ctrl-C / SIGTERM: every lane asks at the same point of its loop and
+    gets the same answer."""
+
+    def __init__(self, lanes: Lanes, lane: int):
+        self.lanes, self.lane = lanes, lane
+
+    def __bool__(self):
+        return self.lanes.call(self.lane, "stop")
+
+
+class _LaneAgent:
+    """What a lane's trainer holds as its agent: seed ``lane`` of the shared batched agent."""
+
+    def __init__(self, lanes: Lanes, lane: int, agent: MBDPO):
+        self.lanes, self.lane, self.batched = lanes, lane, agent
+        self.device, self.model, self.paths = agent.device, agent.model, agent.paths
+        self.S = 1
+
+    def act(self, obs, t0, task=None, eval_mode=False, stream="train"):
+        return self.lanes.call(self.lane, ("act", eval_mode, stream), (obs, t0, task))
+
+    def update(self, batch):
+        return self.lanes.call(self.lane, "update", batch)
+
+    def diagnostics(self, obs, action, reward, terminated, task=None):
+        return self.lanes.call(self.lane, "diagnostics", (obs, action, reward, terminated,
+                                                          task))
+
+    def state_dict(self) -> dict:
+        # the agent changes only when every lane meets it: while this lane saves, no other
+        # lane can move it on
+        return one_seed(self.batched.state_dict(), self.lane)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lanes.call(self.lane, "load", state)
+
+
+class LaneTrainer(OnlineTrainer):
+    """One seed's online run, its agent the shared one (``_LaneAgent``)."""
+
+    def __init__(self, cfg, lanes: Lanes, lane: int):
+        self.lanes, self.lane = lanes, lane
+        self.show_bars = lane == 0
+        super().__init__(cfg)
+
+    def make_agent(self):
+        return _LaneAgent(self.lanes, self.lane, self.lanes.make_agent(self.cfg))
+
+    def checkpoint_state(self, step: int) -> dict:
+        state = super().checkpoint_state(step)
+        stream = state["agent"].get("stream")
+        if stream is not None and self.agent.device.type == "cpu":
+            # a single run of this seed would resume from its default generator: this stream
+            state["rng"] = {**state["rng"], "torch": stream}
+        return state
+
+    # -- checkpoints: the seeds' units move on together ---------------------------------------
+    def save(self, step: int, names=(), marked: bool = False) -> str:
+        """Write this seed's unit as a single run does, keeping the previous one (under
+        previous.pt) until every seed has written its new unit: a kill between two seeds'
+        saves leaves each seed a unit at the step they share (``reconcile`` goes back to it)."""
+        latest = os.path.join(self.model_dir, "latest.pt")
+        previous = os.path.join(self.model_dir, "previous.pt")
+        if os.path.exists(latest):
+            ckpt.atomic_link(latest, previous)
+        path = super().save(step, names, marked)
+        self.lanes.call(self.lane, "saved")
+        if os.path.exists(previous):
+            os.remove(previous)
+        self.remove_leftovers()
+        return path
+
+    def _latest_files(self) -> set | None:
+        files = super()._latest_files()
+        previous = os.path.join(self.model_dir, "previous.pt")
+        if files is not None and os.path.exists(previous):
+            try:
+                files |= set(ckpt.load(previous).get("files", {}).values())
+            except ckpt.CheckpointError:
+                pass
+        return files
+
+    def run_loop(self, what: str):
+        from mbdpo.config import human, num_params
+        m = self.agent.model
+        self.logger.tag = f" seed {self.cfg.seed}"
+        if self.lane == 0:
+            print(f"MBDPO {what}: {len(self.lanes.seeds)} seeds {self.lanes.seeds} in one "
+                  f"agent, {human((num_params(m) - num_params(m.Qs_target)) // self.lanes.S)}"
+                  f" learnable parameters each, device {self.cfg.device}", flush=True)
+        try:
+            return self._loop(_LaneStop(self.lanes, self.lane))
+        finally:
+            self.logger.finish()
+
+
+def seed_configs(cfg) -> list:
+    """The config of each seed's run: ``cfg`` with ``seed`` set, ``seeds`` cleared."""
+    out = []
+    for s in cfg.seeds:
+        c = copy.deepcopy(cfg)
+        c.seed, c.seeds = int(s), None
+        out.append(c)
+    return out
+
+
+def _progress(path: str):
+    """Where a seed's unit stands: (step, step of its last evaluation, updates), or None
+    without one. Two units of one step can differ: a stop inside the evaluation at step t
+    saves step t before that evaluation, the next save at t after it."""
+    if not os.path.exists(path):
+        return None
+    state = ckpt.load(path)
+    return (state["step"], state.get("last_eval_step", -1),
+            state.get("counters", {}).get("updates", 0))
+
+
+def reconcile(cfgs: list) -> None:
+    """Before a resume: the seeds' runs continue together, from the unit every seed has. A
+    kill between two seeds' saves leaves some seeds a save ahead; they go back to the unit
+    they kept (previous.pt), or, when that is the start, to no checkpoint."""
+    folders = [os.path.join(run_dir(c), "models") for c in cfgs]
+    latest = [_progress(os.path.join(f, "latest.pt")) for f in folders]
+    target = None if None in latest else min(latest)
+
+    def where(p):
+        return "the start" if p is None else f"step {p[0]:,}" + (
+            f" (evaluated at step {p[1]:,})" if p[1] >= 0 else "")
+    for c, folder, at in zip(cfgs, folders, latest):
+        previous = os.path.join(folder, "previous.pt")
+        if at != target:
+            if target is None and _progress(previous) is None:
+                os.remove(os.path.join(folder, "latest.pt"))  # its first save: redone
+            elif _progress(previous) == target:
+                os.replace(previous, os.path.join(folder, "latest.pt"))
+            else:
+                listed = ", ".join(f"seed {x.seed}: {'none' if v is None else where(v)}"
+                                   for x, v in zip(cfgs, latest))
+                raise ConfigError(
+                    f"The seeds' checkpoints are at different points ({listed}) and seed "
+                    f"{c.seed} kept no checkpoint of the point they share: resume the seeds "
+                    "one by one (seed=N resume=true), or start anew with overwrite=true.")
+            print(f"seed {c.seed}: back to its checkpoint of {where(target)}, the point "
+                  "every seed saved.", flush=True)
+        elif os.path.exists(previous):
+            os.remove(previous)
+
+
+def train_seeds(cfg):
+    """Train ``cfg.seeds`` together; returns the last evaluation of each seed (a list)."""
+    cfgs = seed_configs(cfg)
+    if cfg.resume:
+        reconcile(cfgs)
+    with StopRequested() as stop:
+        lanes = Lanes(cfg, [c.seed for c in cfgs], stop)
+        trainers = [LaneTrainer(c, lanes, i) for i, c in enumerate(cfgs)]
+        try:
+            for t in trainers:  # refusals (a folder that holds a run) before anything runs
+                t.claim_dir()
+            results, errors = [None] * len(trainers), [None] * len(trainers)
+            threads_each = torch.get_num_threads()  # (set by the runs' ``threads``)
+
+            def run(i):
+                # a new thread starts with the default number of intra-op threads, not the
+                # number this process set
+                torch.set_num_threads(threads_each)
+                try:
+                    results[i] = trainers[i].train()
+                except _LaneLeft as err:
+                    errors[i] = err.__cause__
+                except BaseException as err:  # SystemExit of a stop, a refusal, a failure
+                    errors[i] = err
+                finally:
+                    lanes.leave(i)
+            threads = [threading.Thread(target=run, args=(i,), name=f"seed-{c.seed}",
+                                        daemon=True) for i, c in enumerate(cfgs)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        finally:
+            for t in trainers:
+                t.close()
+    real = [e for e in errors if e is not None and not isinstance(e, SystemExit)]
+    if real:
+        raise real[0]
+    stopped = [e for e in errors if isinstance(e, SystemExit)]
+    if stopped:
+        raise stopped[0]
+    return results
