@@ -271,6 +271,12 @@ def _check_seeds(cfg) -> None:
                           "seed=N and start a run per seed.")
 
 
+def one_seed_only(cfg, script: str, does: str) -> None:
+    """Scripts other than train.py run one seed: ``seeds=[...]`` is refused in one sentence."""
+    if cfg.get("seeds") is not None:
+        raise ConfigError(f"seeds=[...] is for scripts/train.py; {script} {does}: pass seed=N.")
+
+
 def plan_horizon(cfg) -> int:
     """The planner's look-ahead: ``plan_horizon`` if set, else the training ``horizon``."""
     return int(cfg.get("plan_horizon") or cfg.horizon)

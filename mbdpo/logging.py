@@ -132,9 +132,8 @@ class Logger:
         eta = max(total - step, 0) / steps_per_sec if steps_per_sec > 0 else float("inf")
         vals = "  ".join(f"{k} {_fmt(float(v)) if not isinstance(v, str) else v}"
                          for k, v in values.items())
-        return (f"[{kind}{self.tag}] step {step:>9,}/{total:,}  {vals}  {steps_per_sec:6.1f} "
-                f"steps/s  "
-                f"elapsed {eta_string(time.time() - self.start)}  ETA {eta_string(eta)}")
+        return (f"[{kind}{self.tag}] step {step:>9,}/{total:,}  {vals}  "
+                f"{steps_per_sec:6.1f} steps/s  elapsed {eta_string(time.time() - self.start)}  ETA {eta_string(eta)}")
 
     def finish(self) -> None:
         if self.wandb is not None:

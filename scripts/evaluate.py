@@ -13,10 +13,8 @@ def before_parse(cfg):
 
 
 def job(cfg):
-    if cfg.get("seeds") is not None:
-        from mbdpo.config import ConfigError
-        raise ConfigError("seeds=[...] is for scripts/train.py; evaluate.py evaluates one "
-                          "checkpoint: pass seed=N.")
+    from mbdpo.config import one_seed_only
+    one_seed_only(cfg, "evaluate.py", "evaluates one checkpoint")
     from mbdpo.trainers.evaluate import evaluate_checkpoint
     return evaluate_checkpoint(cfg)
 

@@ -13,11 +13,9 @@ def before_parse(cfg):
 
 
 def job(cfg):
-    from mbdpo.config import ConfigError
+    from mbdpo.config import ConfigError, one_seed_only
     from mbdpo.trainers.finetune import offline_to_online
-    if cfg.get("seeds") is not None:
-        raise ConfigError("seeds=[...] is for scripts/train.py; offline_to_online.py "
-                          "fine-tunes one seed per run: pass seed=N.")
+    one_seed_only(cfg, "offline_to_online.py", "fine-tunes one seed per run")
     if not cfg.off2on_task:
         raise ConfigError("Pass off2on_task=NAME, the task to fine-tune on "
                           "(e.g. off2on_task=walker-run).")

@@ -40,8 +40,8 @@ class Lanes:
     made a call of the same kind, runs it once for all (``_run``) and hands each lane its
     part. A lane that leaves (``leave``) releases the others with ``_LaneLeft``."""
 
-    def __init__(self, cfg, seeds: list[int], stop: StopRequested):
-        self.cfg, self.seeds, self.S, self.stop = cfg, seeds, len(seeds), stop
+    def __init__(self, seeds: list[int], stop: StopRequested):
+        self.seeds, self.S, self.stop = seeds, len(seeds), stop
         self.agent: MBDPO | None = None
         self.cond = threading.Condition()
         self.pending: dict[int, tuple] = {}
@@ -295,7 +295,7 @@ def train_seeds(cfg):
     if cfg.resume:
         reconcile(cfgs)
     with StopRequested() as stop:
-        lanes = Lanes(cfg, [c.seed for c in cfgs], stop)
+        lanes = Lanes([c.seed for c in cfgs], stop)
         trainers = [LaneTrainer(c, lanes, i) for i, c in enumerate(cfgs)]
         try:
             for t in trainers:  # refusals (a folder that holds a run) before anything runs
