@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 from mbdpo import checkpoint as ckpt  # noqa: E402
 from mbdpo.trainers.evaluate import eval_seed, load_agent, run_episodes, task_envs  # noqa: E402
-from mbdpo.trainers.online import fill_env_dims  # noqa: E402
+from mbdpo.trainers.task_dims import fill_env_dims  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from learning import key_values  # noqa: E402

@@ -45,7 +45,7 @@ from mbdpo.config import num_params  # noqa: E402
 from mbdpo.envs import make_env  # noqa: E402
 from mbdpo.replay import EpisodeReplay  # noqa: E402
 from mbdpo.trainers.base import code_version  # noqa: E402
-from mbdpo.trainers.online import fill_env_dims  # noqa: E402
+from mbdpo.trainers.task_dims import fill_env_dims  # noqa: E402
 
 
 inductor_config.cpp.enable_kernel_profile = True  # CPU kernels named in the profiler

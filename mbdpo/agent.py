@@ -1,4 +1,4 @@
-"""MBDPO: acting with the diffusion planner, and one update with the losses of ALGORITHM.md §2.
+"""MBDPO: acting with the diffusion planner, and one update with the losses of docs/algorithm.md §2.
 
 One agent holds S seeds (``seeds``; S = 1 in an ordinary run): S independent sets of weights,
 optimiser moments, running statistics and random streams, stacked along a leading seed
@@ -51,7 +51,7 @@ class MBDPO:
         # precision: bf16 autocast of the update's forward pass (weights, optimiser state,
         # losses, two-hot decoding and statistics stay fp32); plan_precision: the same for the
         # planner's rollouts, fp32 by default: bf16's error on an imagined return exceeds the
-        # return's spread over the last denoising steps' candidates (README, Precision)
+        # return's spread over the last denoising steps' candidates (docs/performance.md, Precision)
         self.amp_dtype = amp_dtype(cfg.get("precision", "fp32"), self.device)
         self.plan_amp_dtype = amp_dtype(cfg.get("plan_precision", "fp32"), self.device)
         data_parallel = distributed.active()

@@ -121,7 +121,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def discount(episode_length: int, cfg) -> float:
-    """γ = clip((L/d - 1)/(L/d), γ_min, γ_max) for episode length L (ALGORITHM.md §2)."""
+    """γ = clip((L/d - 1)/(L/d), γ_min, γ_max) for episode length L (docs/algorithm.md §2)."""
     frac = episode_length / cfg.discount_denom
     return float(min(max((frac - 1) / frac, cfg.discount_min), cfg.discount_max))
 

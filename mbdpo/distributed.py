@@ -133,11 +133,9 @@ def share(n: int) -> slice:
 
 def mean_and_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (biased) std of each row of ``x`` (S, n) over all ranks' elements (equal
-    numbers on each): two (S,) tensors."""
+    numbers on each): two (S,) tensors. Under torchrun only (``mbdpo.math`` computes them
+    for one process)."""
     x = x.detach().float()
-    if not active():
-        from mbdpo.math import row_std  # (mbdpo.math imports this module)
-        return x.mean(-1), row_std(x, correction=0)
     moments = torch.stack([x.mean(-1), x.pow(2).mean(-1)])
     dist.all_reduce(moments)
     moments /= world()

@@ -155,7 +155,11 @@ class RunningMeanStd(torch.nn.Module):
     def update(self, x: torch.Tensor) -> None:
         """x (S, ...): each seed's batch."""
         # under torchrun: of the global batch
-        mean, std = distributed.mean_and_std(x.reshape(x.shape[0], -1))
+        x = x.detach().float().reshape(x.shape[0], -1)
+        if distributed.active():
+            mean, std = distributed.mean_and_std(x)
+        else:
+            mean, std = x.mean(-1), row_std(x, correction=0)
         self.mean.lerp_(mean, 1 - self.momentum)
         self.std.lerp_(std.clamp(min=1e-6), 1 - self.momentum)
 

@@ -1,4 +1,4 @@
-"""The model-based diffusion planner (ALGORITHM.md §3) and the score-network sampler (§4).
+"""The model-based diffusion planner (docs/algorithm.md §3) and the score-network sampler (§4).
 
 The planner sees the world model only through ``step`` (reward, energy and next latent of one
 imagined step, with the three networks' hidden layers as one batched matmul per layer:

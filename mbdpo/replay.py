@@ -1,6 +1,6 @@
 """Replay of whole episodes, sampled as sub-trajectories of length H+1.
 
-Episodes are stored in the layout of the TD-MPC2 datasets (ALGORITHM.md §6): entry 0 of an
+Episodes are stored in the layout of the TD-MPC2 datasets (docs/algorithm.md §6): entry 0 of an
 episode holds the first observation and NaN action/reward placeholders, so a transition t
 uses obs[t], action[t+1], reward[t+1], obs[t+1]. A sample never crosses an episode boundary.
 """

@@ -1,4 +1,4 @@
-"""The networks of ALGORITHM.md §1 and nothing else, for S seeds at once.
+"""The networks of docs/algorithm.md §1 and nothing else, for S seeds at once.
 
 Every parameter leads with a seed dimension (S = 1 in an ordinary run): S independent world
 models with stacked parameters, evaluated in one batched call per layer. Every input and

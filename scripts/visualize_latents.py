@@ -23,7 +23,7 @@ def job(cfg):
     from mbdpo.tasks import TASK_SETS
     from mbdpo.trainers.evaluate import (checkpoint_tasks, eval_seed, load_agent,
                                          open_checkpoint, run_episodes, summarise, task_envs)
-    from mbdpo.trainers.online import fill_env_dims
+    from mbdpo.trainers.task_dims import fill_env_dims
 
     if cfg.task in TASK_SETS:
         raise ConfigError(f"task={cfg.task} is a task set: pass one of its tasks (the latents "

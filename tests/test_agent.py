@@ -415,7 +415,7 @@ def test_cuda_graphs_and_compiled_graphs_match_eager(eager_random):
         assert lg[-1]["total_loss"] < lg[0]["total_loss"]  # replays train
 
 
-# -- ALGORITHM.md §2 written out plainly, to check update() against ---------------------------
+# -- docs/algorithm.md §2 written out plainly, to check update() against ---------------------------
 def _symlog(x):
     return torch.sign(x) * torch.log1p(x.abs())
 
@@ -453,7 +453,7 @@ def _q_member(ens, j, z, a):
 
 
 def test_update_losses_match_a_plain_reimplementation_of_section_2():
-    """TD target, consistency, reward and value losses of update() equal ALGORITHM.md §2
+    """TD target, consistency, reward and value losses of update() equal docs/algorithm.md §2
     computed by hand on a fixed batch (num_q=2, so 'two random members' are both; no dropout,
     so the only randomness is π's noise at the next latents, the update's first draw)."""
     cfg = make_cfg("task=cartpole-balance", "model_size=1", "batch_size=32", "dropout=0",
@@ -523,7 +523,7 @@ def test_bf16_ranks_most_of_the_same_elites():
     """bf16 autocast scores 512 candidate plans of a state like fp32: of fp32's 64 best, at
     least 48 (and 56 on average over 4 states) are among bf16's 64 best. (Whole plans of this
     barely trained model differ more: its returns are nearly flat over actions, see the
-    README's precision notes.)"""
+    docs/performance.md's precision notes.)"""
     ref, bf, _ = _trained_pair("plan_precision=bf16")
     assert ref.plan_amp_dtype is None and bf.plan_amp_dtype == torch.bfloat16
     assert bf.amp_dtype is None

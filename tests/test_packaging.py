@@ -1,8 +1,11 @@
 """The install files stay in step: every pin of each conda environment agrees with pyproject."""
+import ast
+import graphlib
 import os
 import re
 import tomllib
 
+import pytest
 from packaging.requirements import Requirement
 
 from tests.conftest import ROOT
@@ -58,3 +61,47 @@ def test_every_package_has_init():
             continue
         if any(f.endswith(".py") for f in filenames):
             assert "__init__.py" in filenames, dirpath
+
+
+def import_graph(root: str) -> dict[str, set[str]]:
+    """Module -> the modules of the package it imports, at the top of the file or inside a
+    function (a circle through a function-level import is still a circle)."""
+    package = os.path.basename(root)
+    modules = {}
+    for dirpath, _, filenames in os.walk(root):
+        for f in filenames:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                name = os.path.relpath(path[:-3], os.path.dirname(root)).replace(os.sep, ".")
+                modules[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        with open(path) as fh:
+            tree = ast.parse(fh.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # "from pkg import module" names the module; "from module import name" the module
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                         else node.module for a in node.names}
+        graph[name] = {d for d in deps if d in modules and d != name and
+                       d.split(".")[0] == package}
+    return graph
+
+
+def test_mbdpo_imports_downwards_only():
+    """No import circle among mbdpo's modules (graphlib's topological sort names one if
+    there is), and the trainers' shared pieces live below them."""
+    graph = import_graph(os.path.join(ROOT, "mbdpo"))
+    assert len(graph) > 40 and "mbdpo.trainers.task_dims" in graph["mbdpo.trainers.evaluate"]
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        raise AssertionError(f"import circle: {' -> '.join(e.args[1])}") from None
+    assert order.index("mbdpo.trainers.task_dims") < order.index("mbdpo.trainers.online")
+    # the checker sees a circle when there is one
+    graph["mbdpo.config"].add("mbdpo.trainers.online")
+    with pytest.raises(graphlib.CycleError):
+        list(graphlib.TopologicalSorter(graph).static_order())

@@ -1,4 +1,4 @@
-"""The planner against known answers (ALGORITHM.md §3)."""
+"""The planner against known answers (docs/algorithm.md §3)."""
 import torch
 
 from mbdpo.noise import Noise

@@ -1,6 +1,6 @@
 """The TD-MPC2 offline datasets (mt30, mt80): safe chunk reading, a memory-mapped store, sampling.
 
-A chunk (``chunk_<i>.pt``, ALGORITHM.md §6) is a ``torch.save``d TensorDict with batch shape
+A chunk (``chunk_<i>.pt``, docs/algorithm.md §6) is a ``torch.save``d TensorDict with batch shape
 ``[episodes, L]`` and keys ``obs`` [E, L, obs_dim], ``action`` [E, L, A] (both float32 and
 zero-padded), ``reward`` [E, L], ``task`` [E, L] (an integer constant along an episode) and
 optionally ``terminated`` [E, L]. Entry 0 of an episode holds the first observation only: its

@@ -199,11 +199,11 @@ def list_chunks(data_dir: str) -> list[str]:
     """The ``chunk_<i>.pt`` files of data_dir, in numeric order."""
     if not os.path.isdir(data_dir):
         raise DatasetError(f"The dataset folder {data_dir} does not exist: download the chunk_*.pt "
-                           "files there first (see offline_dataset/README.md).")
+                           "files there first (see docs/datasets.md).")
     names = [n for n in os.listdir(data_dir) if CHUNK_RE.match(n)]
     if not names:
         raise DatasetError(f"{data_dir} holds no chunk_*.pt files: download the dataset there "
-                           "first (see offline_dataset/README.md).")
+                           "first (see docs/datasets.md).")
     return [os.path.join(data_dir, n)
             for n in sorted(names, key=lambda n: int(CHUNK_RE.match(n).group(1)))]
 

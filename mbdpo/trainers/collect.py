@@ -10,7 +10,7 @@ from mbdpo import checkpoint as ckpt
 from mbdpo.config import ConfigError
 from mbdpo.datasets import segments, write_chunks
 from mbdpo.trainers.evaluate import load_agent, run_episodes, task_envs
-from mbdpo.trainers.offline import fill_multitask_dims
+from mbdpo.trainers.task_dims import fill_multitask_dims
 
 
 def make_dataset(cfg) -> list[str]:

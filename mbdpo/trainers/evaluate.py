@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mbdpo import faults
+from mbdpo.trainers.task_dims import eval_task_list, fill_env_dims
 
 
 def eval_seed(seed: int, step: int) -> int:
@@ -259,7 +260,6 @@ def checkpoint_tasks(cfg, saved: dict, path: str) -> list[str]:
     ``eval_tasks``), or one of its tasks."""
     from mbdpo.config import ConfigError
     from mbdpo.tasks import TASK_SETS
-    from mbdpo.trainers.offline import eval_task_list
     task, trained = str(cfg.task), saved.get("task")
     if task in TASK_SETS:
         if task != trained:
@@ -325,7 +325,6 @@ def evaluate_checkpoint(cfg) -> dict:
     from mbdpo.config import ConfigError, plan_horizon
     from mbdpo.logging import CSVLog, save_video
     from mbdpo.tasks import TASK_SETS
-    from mbdpo.trainers.online import fill_env_dims
 
     state, path = open_checkpoint(cfg)
     saved = state["config"]

@@ -10,36 +10,10 @@ import time
 from mbdpo import distributed, faults
 from mbdpo.agent import MBDPO, stack_seeds
 from mbdpo.config import ConfigError
-from mbdpo.envs import make_env
 from mbdpo.logging import CSVLog, Logger
 from mbdpo.trainers.base import Trainer, write_metadata
 from mbdpo.trainers.evaluate import eval_seed, evaluate_tasks, print_task_table
-
-
-def fill_multitask_dims(cfg, obs_dim: int, action_dim: int) -> None:
-    """Model sizes from the data (padded dims); each task's own action size from its env."""
-    cfg.obs_dim, cfg.obs_shape, cfg.action_dim = int(obs_dim), [int(obs_dim)], int(action_dim)
-    dims = []
-    for task in cfg.tasks:
-        env = make_env(cfg, task=task, seed=cfg.seed)
-        o, a = env.observation_space.shape[0], env.action_space.shape[0]
-        env.close()
-        if o > cfg.obs_dim or a > cfg.action_dim:
-            raise ConfigError(f"Task {task} has {o} observation and {a} action dimensions but the "
-                              f"dataset holds {cfg.obs_dim} and {cfg.action_dim}: check that "
-                              f"data_dir holds the {cfg.task} dataset.")
-        dims.append(int(a))
-    cfg.action_dims = dims
-    cfg.num_tasks = len(cfg.tasks)
-
-
-def eval_task_list(cfg) -> list[str]:
-    tasks = list(cfg.get("eval_tasks") or cfg.tasks)
-    unknown = [t for t in tasks if t not in cfg.tasks]
-    if unknown:
-        raise ConfigError(f"eval_tasks has {', '.join(unknown)}, not in task set {cfg.task}: "
-                          f"pick tasks of the set (python -m mbdpo.tasks lists them).")
-    return tasks
+from mbdpo.trainers.task_dims import eval_task_list, fill_multitask_dims
 
 
 class OfflineTrainer(Trainer):
@@ -48,7 +22,7 @@ class OfflineTrainer(Trainer):
         from mbdpo.offline import OfflineStore, prepare_store
         if not cfg.data_dir:
             raise ConfigError(f"task={cfg.task} multitask=true pretrains offline: pass "
-                              f"data_dir=offline_dataset/{cfg.task} (see offline_dataset/README.md).")
+                              f"data_dir=offline_dataset/{cfg.task} (see docs/datasets.md).")
         if not distributed.is_main():  # under torchrun rank 0 prepares the store alone
             distributed.barrier()
         store_dir = prepare_store(str(cfg.data_dir), num_tasks=len(cfg.tasks))

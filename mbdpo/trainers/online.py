@@ -1,4 +1,4 @@
-"""Online training from scratch on one task (ALGORITHM.md §2: seeding, pretraining burst, one
+"""Online training from scratch on one task (docs/algorithm.md §5: seeding, pretraining burst, one
 update per environment step), with periodic evaluation, checkpoints and resume."""
 from __future__ import annotations
 
@@ -20,16 +20,7 @@ from mbdpo.replay import EpisodeReplay
 from mbdpo.trainers.base import Trainer, write_metadata
 from mbdpo.trainers.evaluate import (close_envs, eval_seed, run_episodes, step_or_stop,
                                      summarise, vector_env, worker_context)
-
-
-def fill_env_dims(cfg, env) -> None:
-    """Record the observation and action sizes of the task's environment (or of each of a
-    vector env's) in the config."""
-    cfg.obs_shape = list(getattr(env, "single_observation_space", env.observation_space).shape)
-    cfg.obs_dim = int(cfg.obs_shape[0]) if cfg.obs == "state" else 0
-    cfg.action_dim = int(getattr(env, "single_action_space", env.action_space).shape[0])
-    cfg.action_dims = [cfg.action_dim]
-    cfg.num_tasks = len(cfg.tasks)
+from mbdpo.trainers.task_dims import fill_env_dims
 
 
 class OnlineTrainer(Trainer):
@@ -57,7 +48,7 @@ class OnlineTrainer(Trainer):
         self.update_credit = 0.0  # updates owed (utd x environment steps), carried over
         self.last_update: dict = {}  # the outputs of the last update, for the episode rows
         self._save_at_boundary = False
-        # Seeding (ALGORITHM.md §2): random actions for the first ``random_steps`` steps, no
+        # Seeding (docs/algorithm.md §5): random actions for the first ``random_steps`` steps, no
         # update before ``learn_from`` steps, then a burst of ``burst`` updates, then one per step.
         self.random_steps = self.learn_from = self.burst = cfg.seed_steps
         self.task_t = None if self.task_id is None else torch.tensor([self.task_id])
