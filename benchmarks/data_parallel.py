@@ -26,6 +26,9 @@ sys.path.insert(0, ROOT)
 from benchmarks.learning import key_values  # noqa: E402
 
 
+KEYS = ("procs",)  # its own key; the others are settings of cfgs/config.yaml
+
+
 def updates_per_s(run: str) -> float:
     with open(os.path.join(run, "train.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -35,7 +38,8 @@ def updates_per_s(run: str) -> float:
 
 def main():
     args = key_values(sys.argv[1:], {"procs": "1,2", "threads": "2", "steps": "300",
-                                     "batch_size": "256", "model_size": "1", "log_freq": "50"})
+                                     "batch_size": "256", "model_size": "1", "log_freq": "50"},
+                      own=KEYS)
     procs = [int(p) for p in args.pop("procs").strip("[]").split(",")]
     threads = int(args.pop("threads"))
     tmp = tempfile.mkdtemp(prefix="data-parallel-")

@@ -88,7 +88,12 @@ def measure_vector(task: str, obs: str, n: int, steps: int) -> dict:
     return {f"vector_{n}_{k}": v for k, v in out.items()}
 
 
+KEYS, PASSES_CONFIG = ("steps", "tasks", "obs", "vector"), False  # its key=value settings
+
+
 def main(argv: list[str]) -> None:
+    from mbdpo.cli import check_benchmark_args
+    check_benchmark_args(argv, KEYS, config=PASSES_CONFIG)
     args = dict(a.split("=", 1) for a in argv)
     steps = int(args.get("steps", 500))
     if "tasks" in args:

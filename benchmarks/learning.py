@@ -30,10 +30,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_DEFAULTS = {"model_size": "1", "diffusion_num_samples": "128", "diffusion_steps": "10",
                 "seed_steps": "1000", "eval_freq": "2500", "eval_episodes": "5",
                 "save_model_every": "0", "exp_name": "learning"}
+KEYS = ("seeds", "parallel", "collect_only")  # its own keys; the others go to train.py
 
 
-def key_values(argv, defaults=None) -> dict:
-    """key=value command-line arguments over ``defaults``; anything else exits with a sentence."""
+def key_values(argv, defaults=None, own=()) -> dict:
+    """key=value command-line arguments over ``defaults``: settings of cfgs/config.yaml or the
+    benchmark's ``own`` keys; anything else exits with a sentence."""
+    from mbdpo.cli import check_benchmark_args
+    check_benchmark_args(argv, set(own) | set(defaults or {}))
     args = dict(defaults or {})
     for a in argv:
         if "=" not in a:
@@ -44,7 +48,7 @@ def key_values(argv, defaults=None) -> dict:
 
 
 def parse(argv):
-    args = key_values(argv, CPU_DEFAULTS)
+    args = key_values(argv, CPU_DEFAULTS, own=KEYS)
     if "task" not in args:
         sys.exit("error: pass task=NAME (e.g. task=cartpole-balance).")
     seeds = [int(s) for s in args.pop("seeds", "[1,2]").strip("[]").split(",") if s.strip()]

@@ -130,6 +130,10 @@ def parse_variant(v: str) -> list[str]:
             f"plan_precision={'bf16' if 'bf16plan' in flags else 'fp32'}"]
 
 
+# its own key=value settings (the others are settings of cfgs/config.yaml)
+KEYS = ("sizes", "variants", "num_envs", "seeds", "online_steps", "out")
+
+
 def make_cfg(overrides):
     from hydra import compose, initialize_config_dir
 
@@ -218,6 +222,8 @@ def main():
     sizes, overrides, online_steps, num_envs, seeds = [1, 5], [], 20, [1, 4], [1]
     variants = ["fp32", "bf16", "fp32+compile", "bf16+compile", "bf16+bf16plan+compile"]
     out = os.path.join(ROOT, "benchmarks", "results", "speed.json")
+    from mbdpo.cli import check_benchmark_args
+    check_benchmark_args(sys.argv[1:], KEYS)
     for a in sys.argv[1:]:
         k, _, v = a.partition("=")
         if k == "sizes":

@@ -20,9 +20,19 @@ def run(cfg, job):
     Ctrl-C or SIGTERM before a training loop takes them over (while environments start or a
     dataset is converted), or a second one, exits with status 130 and one line."""
     import signal
+
+    from omegaconf import OmegaConf
+
+    from mbdpo.config import command_line_keys, no_effect
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
     try:
-        return job(parse_cfg(cfg))
+        raw = OmegaConf.to_container(cfg)
+        parsed = parse_cfg(cfg)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once
+            for line in no_effect(parsed, raw, command_line_keys(),
+                                  os.path.basename(sys.argv[0])):
+                print(f"note: {line}", flush=True)
+        return job(parsed)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2)
@@ -61,6 +71,28 @@ def check_overrides(argv: list[str], config_dir: str) -> None:
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             print(f"error: Unknown setting '{key}'.{hint} Every setting is listed in "
                   f"cfgs/config.yaml.", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+
+
+def check_benchmark_args(argv: list[str], own, config: bool = True) -> None:
+    """A benchmark's ``key=value`` arguments: its own keys (``own``) and, with ``config``, the
+    settings of cfgs/config.yaml it passes on; anything else exits with one sentence naming
+    the closest keys, before any work starts (a typo would otherwise be ignored, or end in a
+    traceback after minutes)."""
+    import difflib
+
+    from omegaconf import OmegaConf
+    known = set(own) | (set(OmegaConf.load(os.path.join(CONFIG_DIR, "config.yaml")).keys())
+                        if config else set())
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if "=" not in arg or key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            print(f"error: {arg}: not a setting of {os.path.basename(sys.argv[0])}, which takes "
+                  f"key=value with the keys {', '.join(sorted(own))}"
+                  f"{' and those of cfgs/config.yaml' if config else ''}.{hint}",
+                  file=sys.stderr, flush=True)
             raise SystemExit(2)
 
 

@@ -156,6 +156,8 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     for k, v in MODEL_SIZES[cfg.model_size].items():
         if cfg.get(k) is None:
             cfg[k] = v
+    _check(isinstance(cfg.task_dim, int) and cfg.task_dim >= 0, "task_dim", cfg.task_dim,
+           "expected an integer >= 0")
     if not cfg.multitask:
         cfg.task_dim = 0
     elif task == "mt30" and cfg.task_dim == 96 and cfg.model_size in (5, 19, 48):
@@ -183,9 +185,16 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     for key in ("compile", "cuda_graphs"):
         _check(cfg[key] == "auto" or isinstance(cfg[key], bool), key, cfg[key],
                "expected auto, true or false")
-    _check(isinstance(cfg.task_dim, int) and cfg.task_dim >= 0, "task_dim", cfg.task_dim,
-           "expected an integer >= 0")
     _check(0 < cfg.rho <= 1, "rho", cfg.rho, "expected a number in (0, 1]")
+    _check(0 < cfg.tau <= 1, "tau", cfg.tau, "expected a number in (0, 1] (the Polyak rate; "
+           "published 0.01)")
+    _check(cfg.dropout < 1, "dropout", cfg.dropout, "expected a number in [0, 1)")
+    _check(cfg.energy_clip > 0, "energy_clip", cfg.energy_clip,
+           "expected a number > 0 (the normalised energy is clipped to [-clip, clip])")
+    _check(cfg.log_std_min < cfg.log_std_max, "log_std_min", cfg.log_std_min,
+           f"expected less than log_std_max ({cfg.log_std_max})")
+    _check(str(cfg.work_dir).strip() != "", "work_dir", cfg.work_dir,
+           "expected a folder (logs by default)")
     _check(0 <= cfg.energy_momentum < 1, "energy_momentum", cfg.energy_momentum,
            "expected a number in [0, 1)")
     _check(cfg.diffusion_temperature > 0, "diffusion_temperature", cfg.diffusion_temperature,
@@ -300,3 +309,56 @@ def eta_string(seconds: float) -> str:
         return "?"
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def command_line_keys() -> set:
+    """The settings given on the command line of a Hydra script (empty outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        overrides = HydraConfig.get().overrides.task
+    except (ImportError, ValueError):
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
+# settings only some scripts (or runs) read: given elsewhere they would be silently ignored
+READ_BY = {"checkpoint": ("evaluate.py", "offline_to_online.py", "make_dataset.py",
+                          "visualize_latents.py"),
+           "other_task": ("evaluate.py",),
+           **{k: ("offline_to_online.py",) for k in ("off2on_task", "save_path", "source_task",
+                                                     "load_checkpoint", "compare_scratch",
+                                                     "seed_episodes")},
+           **{k: ("make_dataset.py",) for k in ("episodes_per_task", "out")}}
+OFFLINE_ONLY = ("data_dir", "store_dir", "check_values", "eval_tasks")
+ONLINE_ONLY = ("seed_steps", "num_envs", "utd", "buffer_size", "save_replay")
+TRAINING = ("steps", "seed_steps", "num_envs", "utd", "batch_size", "lr", "buffer_size",
+            "save_model_every", "save_replay", "eval_freq", "log_freq", "resume", "overwrite")
+
+
+def no_effect(cfg, raw: dict, given: set, script: str) -> list[str]:
+    """Sentences naming each setting given on the command line (``given``) that the run of
+    ``script`` will not use, and each count that makes no sense, so that nothing is ignored
+    silently. ``raw``: the settings as given, before ``parse_cfg`` resolved them."""
+    out = []
+    if raw.get("cuda_graphs") is True and resolve_device(str(cfg.device)).type != "cuda":
+        out.append("cuda_graphs=true has no effect off a GPU (CUDA graphs record GPU work).")
+    if "seed" in given and cfg.get("seeds") is not None:
+        out.append(f"seed={cfg.seed} has no effect with seeds={list(cfg.seeds)}: the runs are "
+                   "those of the seeds listed.")
+    out += [f"{key} has no effect in {script}: it is a setting of {', '.join(readers)}."
+            for key, readers in READ_BY.items() if key in given and script not in readers]
+    if script == "train.py":
+        run, other = (("offline pretraining", "online runs") if cfg.multitask else
+                      ("an online run", "multi-task offline pretraining (multitask=true)"))
+        out += [f"{key} has no effect on {run}: it is a setting of {other}." for key in
+                (ONLINE_ONLY if cfg.multitask else OFFLINE_ONLY) if key in given]
+        if "save_model_every" in given and 0 < cfg.save_model_every >= cfg.steps:
+            out.append(f"save_model_every={cfg.save_model_every:,} is not below steps="
+                       f"{cfg.steps:,}: no <step>.pt is written, only final.pt.")
+        if "eval_freq" in given and cfg.eval_freq > cfg.steps:
+            out.append(f"eval_freq={cfg.eval_freq:,} is above steps={cfg.steps:,}: the run "
+                       "evaluates at its start and end only.")
+    if script in ("evaluate.py", "visualize_latents.py"):
+        out += [f"{key} has no effect in {script}, which does not train." for key in TRAINING
+                if key in given]
+    return out

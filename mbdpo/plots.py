@@ -31,6 +31,15 @@ class Curves:
         values.append(value)
 
 
+def number(path: str, line: int, col: str, text, kind=float):
+    """A CSV cell as a number, or one sentence naming the file, line and column."""
+    try:
+        return kind(float(text))
+    except (TypeError, ValueError):
+        raise PlotInputError(f"{path}, line {line}: {col} is {text!r}, not a number: fix or "
+                             "remove that line.") from None
+
+
 def read_curve_csv(path: str, curves: Curves, task: str | None = None) -> None:
     """A curve file in the published format (``step,reward,seed``; ``success`` is read as
     reward, as the published DreamerV3 Meta-World files name it) of ``task`` (default: the
@@ -43,8 +52,9 @@ def read_curve_csv(path: str, curves: Curves, task: str | None = None) -> None:
         if value is None or "step" not in cols:
             raise PlotInputError(f"{path} is not a curve file: it needs the columns "
                                  f"step,reward,seed (it has {','.join(cols) or 'none'}).")
-        for r in reader:
-            curves.add(task, int(r.get("seed") or 1), int(float(r["step"])), float(r[value]))
+        for i, r in enumerate(reader, 2):
+            curves.add(task, number(path, i, "seed", r.get("seed") or 1, int),
+                       number(path, i, "step", r["step"], int), number(path, i, value, r[value]))
 
 
 def read_run(folder: str, curves: Curves, metric: str | None = None) -> None:
@@ -62,7 +72,11 @@ def read_run(folder: str, curves: Curves, metric: str | None = None) -> None:
         raise PlotInputError(f"{folder} is a multi-task run: plot its eval_tasks.csv with "
                              "bars=... instead.")
     if metric is None:
-        points = run_curve(folder)
+        try:
+            points = run_curve(folder)
+        except (KeyError, TypeError, ValueError) as err:
+            raise PlotInputError(f"{folder}/eval.csv has a line that is not a row of numbers "
+                                 f"({type(err).__name__}: {err}): fix or remove it.") from None
     else:
         path, rows = os.path.join(folder, "train.csv"), []
         if os.path.exists(path):
@@ -71,7 +85,8 @@ def read_run(folder: str, curves: Curves, metric: str | None = None) -> None:
         if rows and metric not in rows[0]:
             raise PlotInputError(f"{path} has no column {metric!r}: it has "
                                  f"{', '.join(k for k in rows[0] if k != 'step')}.")
-        points = [(int(float(r["step"])), float(r[metric])) for r in rows if r.get(metric)]
+        points = [(number(path, i, "step", r["step"], int), number(path, i, metric, r[metric]))
+                  for i, r in enumerate(rows, 2) if r.get(metric)]
     for step, value in points:
         curves.add(str(m["task"]), int(m["seed"]), step, value)
 
@@ -265,10 +280,11 @@ def read_task_scores(path: str) -> dict[str, list[float]]:
         raise PlotInputError(f"{path} is not a multi-task evaluation: it needs the columns "
                              "step,task,score (eval_tasks.csv or eval_<ckpt>_<set>.csv).")
     last: dict[tuple[str, str], tuple[int, float]] = {}
-    for r in rows:
-        key, step = (r["task"], r.get("seed", "1")), int(float(r.get("step") or 0))
+    for i, r in enumerate(rows, 2):
+        key = (r["task"], r.get("seed", "1"))
+        step = number(path, i, "step", r.get("step") or 0, int)
         if key not in last or step >= last[key][0]:
-            last[key] = (step, float(r["score"]))
+            last[key] = (step, number(path, i, "score", r["score"]))
     out: dict[str, list[float]] = {}
     for (task, _), (_, score) in last.items():
         out.setdefault(task, []).append(score)

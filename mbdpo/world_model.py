@@ -110,8 +110,19 @@ class WorldModel(nn.Module):
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         """Also a checkpoint written before the seed dimension (one seed, tensors without
-        it), which gains it here."""
-        return super().load_state_dict(add_seed_dim(state, self.state_dict()), strict, assign)
+        it), which gains it here. Weights that do not fit this model, or that are NaN or
+        infinite, are refused in one sentence (``check_weights``)."""
+        from mbdpo.checkpoint import CheckpointError
+        own = self.state_dict()
+        state = add_seed_dim(state, own)
+        refuse_non_finite(state)
+        try:
+            return super().load_state_dict(state, strict, assign)
+        except RuntimeError:  # PyTorch's list of every mismatch, as a traceback
+            why = mismatch(state, own)
+            if why is None:
+                raise
+            raise CheckpointError(why) from None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -237,6 +248,38 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
         torch._foreach_lerp_(list(self.Qs_target.parameters()), list(self.Qs.parameters()), tau)
+
+
+def mismatch(saved: dict, own: dict) -> str | None:
+    """One sentence naming the first tensor of a checkpoint's networks that this model has in
+    another shape, does not have, or lacks (None if there is none)."""
+    fix = ("it was made with other network settings than this run's: give the settings it "
+           "was trained with (its run folder's config.yaml), or another checkpoint.")
+    for k, v in saved.items():
+        if torch.is_tensor(v) and k in own and tuple(v.shape) != tuple(own[k].shape):
+            return (f"The checkpoint's {k} has shape {tuple(v.shape)} but this run's network "
+                    f"has {tuple(own[k].shape)}: {fix}")
+    extra = [k for k in saved if k not in own]
+    if extra:
+        return f"The checkpoint holds {extra[0]}, which this run's network does not have: {fix}"
+    missing = [k for k in own if k not in saved]
+    if missing:
+        more = f" and {len(missing) - 1} more tensors" if len(missing) > 1 else ""
+        return f"The checkpoint lacks {missing[0]}{more} of this run's network: {fix}"
+    return None
+
+
+def refuse_non_finite(saved: dict) -> None:
+    """CheckpointError naming the first tensor of a checkpoint's networks that holds NaN or
+    infinite values: a diverged run's weights would act and evaluate as nonsense."""
+    from mbdpo.checkpoint import CheckpointError
+    for k, v in saved.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(
+                f"The checkpoint's {k} holds {bad:,} NaN or infinite values of {v.numel():,}: "
+                "its run diverged before it was saved; use an earlier checkpoint of that run "
+                "(models/<step>.pt) or train again.")
 
 
 def add_seed_dim(saved: dict, own: dict) -> dict:

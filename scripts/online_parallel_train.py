@@ -23,6 +23,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +48,37 @@ PER_JOB = ("obs", "compile", "eval_freq", "save_model_every", "exp_name", "save_
 def fail(sentence: str):
     print(f"error: {sentence}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+# each launcher's settings (hydra.launcher.*), as its plugin declares them
+LAUNCHER_CONF = {"joblib": ("hydra_plugins.hydra_joblib_launcher.config", "JobLibLauncherConf"),
+                 "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher.config",
+                                    "SlurmQueueConf"),
+                 "submitit_local": ("hydra_plugins.hydra_submitit_launcher.config",
+                                    "LocalQueueConf")}
+
+
+def check_launcher_args(launcher: str, hydra_args: list[str]) -> None:
+    """hydra.launcher.KEY=VALUE: a setting of the launcher's plugin, of its type; checked here,
+    since Hydra answers a mistake with a multi-line error after the grid has started. The
+    rest of hydra.* is Hydra's to check."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    module, name = LAUNCHER_CONF[launcher]
+    conf = OmegaConf.structured(getattr(importlib.import_module(module), name))
+    for arg in hydra_args:
+        key, _, value = arg.lstrip("+").partition("=")
+        if not key.startswith("hydra.launcher."):
+            continue
+        field = key[len("hydra.launcher."):]
+        if field not in conf:
+            fail(f"{arg}: launcher={launcher} has no setting {field!r}; it has "
+                 f"{', '.join(k for k in conf if not k.startswith('_'))}.")
+        try:
+            OmegaConf.merge(conf, OmegaConf.from_dotlist([f"{field}={value}"]))
+        except OmegaConfBaseException as err:
+            fail(f"{arg}: {' '.join(str(err).split(chr(10))[0].split())} "
+                 f"(launcher={launcher}).")
 
 
 def read_config(argv: list[str]):
@@ -112,6 +144,10 @@ def read_config(argv: list[str]):
     from mbdpo.cli import CONFIG_DIR, check_overrides
     check_overrides(overrides, CONFIG_DIR)  # one sentence for a mistyped setting
     hydra_args = [a for a in rest if a.lstrip("+").startswith("hydra")]
+    check_launcher_args(cfg.launcher, hydra_args)
+    if cfg.launcher == "submitit_slurm" and shutil.which("srun") is None:  # as submitit asks
+        fail("launcher=submitit_slurm submits to a Slurm cluster, and srun is not on this "
+             "machine's PATH: run it on a node of the cluster, or use launcher=joblib here.")
     return cfg, overrides, hydra_args
 
 
@@ -145,6 +181,9 @@ def main():
         fail("seeds=[]: list at least one seed.")
     if per_gpu < 1:
         fail(f"workers_per_gpu={per_gpu}: at least 1 job at a time.")
+    if min(gpu_ids, default=0) < 0 or (not cfg.gpu_ids and int(cfg.num_gpus) < 0):
+        fail(f"num_gpus={cfg.num_gpus}, gpu_ids={list(cfg.gpu_ids)}: GPU counts and ids are "
+             "0 or more (num_gpus=0 runs the grid on the CPU).")
     local = cfg.launcher == "joblib"
     gpus = gpu_ids if local else []
     slots = max(1, len(gpus)) * per_gpu

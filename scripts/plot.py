@@ -43,8 +43,24 @@ def main(argv=None) -> list[str]:
         p.error("give run folders or curve CSVs to plot, or --bars with evaluation CSVs")
     written = []
     try:
+        if args.cols < 1:
+            raise plots.PlotInputError(f"--cols {args.cols}: give 1 or more panels per row.")
+        if args.max_step is not None and args.max_step < 0:
+            raise plots.PlotInputError(f"--max_step {args.max_step}: give a step of 0 or "
+                                       "more (the last one plotted).")
+        folder = os.path.dirname(os.path.abspath(args.out))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise plots.PlotInputError(f"Cannot write the figures to {folder} "
+                                       f"({err.strerror or err}): pass --out in a folder you "
+                                       "can write to.") from None
         if args.sources:
             methods = plots.merge([plots.load(s, args.metric) for s in args.sources])
+            if not any(m.tasks for m in methods):
+                raise plots.PlotInputError(f"No source holds an evaluation row yet "
+                                           f"({', '.join(args.sources)}): plot runs that have "
+                                           "evaluated at least once.")
             tasks = args.tasks.split(",") if args.tasks else None
             missing = [t for t in tasks or [] if not any(t in m.tasks for m in methods)]
             if missing:

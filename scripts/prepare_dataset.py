@@ -2,7 +2,7 @@
 multi-task pretraining samples from. Run it once; an interrupted conversion resumes.
 
     python scripts/prepare_dataset.py data_dir=offline_dataset/mt80
-    python scripts/prepare_dataset.py data_dir=offline_dataset/mt80 +store_dir=/fast/disk/mt80
+    python scripts/prepare_dataset.py data_dir=offline_dataset/mt80 store_dir=/fast/disk/mt80
 
 Task ids are checked against the task set named by task= (or by the folder's name, e.g. mt80).
 """
@@ -21,8 +21,8 @@ def job(cfg):
     task_set = next((s for s in (str(cfg.get("task")), os.path.basename(os.path.normpath(data_dir)))
                      if s in TASK_SETS), None)
     num_tasks = len(TASK_SETS[task_set]) if task_set else None
-    store_dir = prepare_store(data_dir, store_dir=cfg.get("store_dir"), progress=True,
-                              num_tasks=num_tasks, check_values=bool(cfg.get("check_values", True)))
+    store_dir = prepare_store(data_dir, store_dir=cfg.store_dir, progress=True,
+                              num_tasks=num_tasks, check_values=bool(cfg.check_values))
     store = OfflineStore(store_dir)
     print(f"Store ready in {store_dir}: {store.num_transitions:,} transitions in "
           f"{store.num_episodes:,} episodes of {store.num_tasks_seen} tasks"

@@ -428,6 +428,66 @@ def test_bad_input_gets_one_clear_sentence(args, message):
     assert "Traceback" not in out.stderr
 
 
+def test_settings_that_have_no_effect_are_said_once():
+    """Given on the command line, a setting the run will not use is named once, before the
+    run starts (here it then stops at an unwritable work_dir); defaults are not named."""
+    out = cli("train.py", "task=cartpole-balance", "cuda_graphs=true", "device=cpu", "seed=3",
+              "seeds=[1,2]", "checkpoint=x.pt", "data_dir=foo", "eval_freq=100000",
+              "save_model_every=5000", "steps=5000", "work_dir=/proc/x", check=False,
+              timeout=120)
+    notes = [ln[len("note: "):] for ln in out.stdout.splitlines() if ln.startswith("note: ")]
+    assert notes == [
+        "cuda_graphs=true has no effect off a GPU (CUDA graphs record GPU work).",
+        "seed=3 has no effect with seeds=[1, 2]: the runs are those of the seeds listed.",
+        "checkpoint has no effect in train.py: it is a setting of evaluate.py, "
+        "offline_to_online.py, make_dataset.py, visualize_latents.py.",
+        "data_dir has no effect on an online run: it is a setting of multi-task offline "
+        "pretraining (multitask=true).",
+        "save_model_every=5,000 is not below steps=5,000: no <step>.pt is written, only "
+        "final.pt.",
+        "eval_freq=100,000 is above steps=5,000: the run evaluates at its start and end only."]
+    assert out.returncode == 2 and out.stderr.startswith("error: Cannot write the run folder")
+    out = cli("train.py", "task=cartpole-balance", "steps=5000", "work_dir=/proc/x",
+              check=False, timeout=120)
+    assert "note:" not in out.stdout and out.returncode == 2
+
+
+def test_no_effect_names_the_other_scripts_and_run_kinds_settings():
+    from mbdpo.config import no_effect
+    from tests.conftest import make_cfg
+    cfg = make_cfg("task=mt30", "multitask=true", "num_envs=2", "utd=2", "off2on_task=x",
+                   "cuda_graphs=false")
+    notes = no_effect(cfg, {"cuda_graphs": False}, {"num_envs", "utd", "off2on_task",
+                                                    "cuda_graphs"}, "train.py")
+    assert notes == ["off2on_task has no effect in train.py: it is a setting of "
+                     "offline_to_online.py.",
+                     "num_envs has no effect on offline pretraining: it is a setting of online "
+                     "runs.",
+                     "utd has no effect on offline pretraining: it is a setting of online runs."]
+    cfg = make_cfg("task=cartpole-balance", "steps=10", "lr=0.1", "checkpoint=x")
+    assert no_effect(cfg, {}, {"steps", "lr", "checkpoint", "task"}, "evaluate.py") == [
+        "steps has no effect in evaluate.py, which does not train.",
+        "lr has no effect in evaluate.py, which does not train."]
+
+
+@pytest.mark.parametrize("bench, arg, says", [
+    ("speed.py", "sizez=1", "Did you mean sizes"),
+    ("env_cost.py", "stepz=3", "the keys obs, steps, tasks, vector. Did you mean steps?"),
+    ("learning.py", "stepz=5", "and those of cfgs/config.yaml. Did you mean steps"),
+    ("data_parallel.py", "procz=2", "Did you mean procs"),
+])
+def test_a_benchmark_refuses_a_key_it_does_not_take_before_any_work(bench, arg, says):
+    results = os.path.join(ROOT, "benchmarks", "results")
+    before = {f: os.path.getmtime(os.path.join(results, f)) for f in os.listdir(results)}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", bench), arg],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=dict(os.environ, MUJOCO_GL="egl"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: {arg}: not a setting of {bench}") and says in \
+        proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert {f: os.path.getmtime(os.path.join(results, f)) for f in os.listdir(results)} == before
+
+
 def test_missing_checkpoint_is_explained():
     out = cli("evaluate.py", "task=cartpole-balance", "checkpoint=/nope/final.pt", check=False,
               timeout=120)

@@ -3,6 +3,7 @@ and docs/'s command blocks is a setting of the script it is passed to, every ``-
 its flags, every path they name exists, every link resolves, docs/algorithm.md's defaults are
 those of cfgs/config.yaml and of ``--help``, and the README stays a landing page."""
 import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -19,20 +20,6 @@ DOCS = ["README.md"] + sorted(f"docs/{f}" for f in os.listdir(os.path.join(ROOT,
                               if f.endswith(".md") and f != "STATUS.md")  # STATUS: a diary
 CONFIG_KEYS = set(OmegaConf.load(os.path.join(ROOT, "cfgs", "config.yaml")).keys())
 GRID_KEYS = set(OmegaConf.load(os.path.join(ROOT, "cfgs", "online_parallel_config.yaml")).keys())
-# Hydra scripts take the settings of cfgs/config.yaml; the grid its own file's keys; the
-# benchmarks pass what is not theirs on to cfgs/config.yaml. Their own keys, by script (a
-# benchmark's parser is a loop over key=value, with nothing to import the names from):
-OWN_KEYS = {
-    "scripts/prepare_dataset.py": {"+store_dir"},
-    "scripts/online_parallel_train.py": GRID_KEYS | {"launcher"},
-    "benchmarks/speed.py": {"sizes", "variants", "num_envs", "seeds", "online_steps", "out"},
-    "benchmarks/learning.py": {"seeds", "parallel", "collect_only"},
-    "benchmarks/env_cost.py": {"steps", "tasks", "obs", "vector"},
-    "benchmarks/gpu_check.py": {"device", "budget_s", "tiny", "out", "sizes", "train_steps",
-                                "parallel_runs"},
-}
-TAKE_CONFIG = {"scripts/online_parallel_train.py": False, "benchmarks/env_cost.py": False,
-               "benchmarks/gpu_check.py": False}
 LABELS = {"scripts/plot.py"}  # its key=value are label=source pairs
 REPO_PATH = re.compile(r"^(?:\./)?((?:mbdpo|scripts|benchmarks|cfgs|docs|tests|conda_envs"
                        r")/[\w./-]*)$")
@@ -72,8 +59,18 @@ def all_invocations(rel):
 
 
 def allowed(script):
-    own = OWN_KEYS.get(script, set())
-    return own | (CONFIG_KEYS if TAKE_CONFIG.get(script, True) else set())
+    """The keys ``script`` takes: the settings of cfgs/config.yaml (the scripts); the grid's
+    file's keys (the grid launcher); a benchmark's own ``KEYS`` and, unless its
+    ``PASSES_CONFIG`` says no, the settings it passes on to cfgs/config.yaml."""
+    if script == "scripts/online_parallel_train.py":
+        return GRID_KEYS | {"launcher"}
+    if not script.startswith("benchmarks/"):
+        return CONFIG_KEYS
+    spec = importlib.util.spec_from_file_location(script[:-3].replace("/", "."),
+                                                  os.path.join(ROOT, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return set(module.KEYS) | (CONFIG_KEYS if getattr(module, "PASSES_CONFIG", True) else set())
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,15 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path):
     (["common_overrides=[a=???]"], "cannot be read as YAML"),
     (["launcher=ray"], "expected one of joblib, submitit_slurm, submitit_local"),
     (["seeds=[one]"], "these are whole numbers"),
+    (["num_gpus=-1"], "GPU counts and ids are 0 or more"),
+    (["gpu_ids=[-2]"], "GPU counts and ids are 0 or more"),
+    (["hydra.launcher.n_jobs=abc"], "hydra.launcher.n_jobs=abc: Value 'abc' of type 'str' "
+                                    "could not be converted to Integer (launcher=joblib)."),
+    (["hydra.launcher.foo=1"], "launcher=joblib has no setting 'foo'; it has n_jobs,"),
+    (["launcher=submitit_local", "hydra.launcher.timeout_min=x"], "(launcher=submitit_local)"),
+    pytest.param(["launcher=submitit_slurm"], "srun is not on this machine's PATH",
+                 marks=pytest.mark.skipif(__import__("shutil").which("srun") is not None,
+                                          reason="a Slurm cluster")),
 ])
 def test_bad_grid_settings_get_one_sentence(tmp_path, args, says):
     code, out = run(str(tmp_path), *args, timeout=120)

@@ -442,6 +442,12 @@ def test_cli_prepares_a_store_and_reports_bad_folders_in_one_sentence(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Store ready" in proc.stdout and "task set mt80" in proc.stdout
     assert os.path.isfile(os.path.join(data, "store", "meta.json"))
+    # store_dir= as docs/datasets.md writes it (a setting of its own, no '+')
+    elsewhere = tmp_path / "fast" / "mt80-store"
+    proc = run_script(f"data_dir={data}", f"store_dir={elsewhere}", "check_values=false")
+    assert proc.returncode == 0, proc.stderr
+    assert f"Store ready in {elsewhere}" in proc.stdout
+    assert os.path.isfile(os.path.join(elsewhere, "meta.json"))
 
 
 def test_online_replay_exports_in_the_dataset_format(tmp_path):

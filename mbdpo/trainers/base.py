@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import secrets
 import signal
+import stat
 import time
 
 import torch
@@ -152,8 +154,73 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
-def gb(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+def tensor_count(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return 1
+    if isinstance(obj, dict):
+        return sum(tensor_count(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_count(v) for v in obj)
+    return 0
+
+
+# torch.save writes a zip file: per tensor a record (header, name, 64-byte alignment, central
+# directory entry) and its share of the pickled structure (config, counters, random states):
+# 310-420 bytes per tensor measured on checkpoints and replays of 8 to 259 tensors. Rounded
+# up, so that the estimate is never below the file.
+PER_TENSOR, PER_FILE = 1024, 64 * 1024
+
+
+def unit_bytes(*trees, extra_tensors: int = 0, extra_bytes: int = 0) -> int:
+    """Bytes on disk of a checkpoint unit whose files hold ``trees`` (latest.pt's state and each
+    extra file's), plus ``extra_tensors`` tensors of ``extra_bytes`` not made yet: the one
+    estimate of the free-space checks at start and at every save."""
+    return (sum(tensor_bytes(t) + PER_TENSOR * tensor_count(t) for t in trees) + extra_bytes
+            + PER_TENSOR * extra_tensors + PER_FILE * len(trees))
+
+
+def models_bytes(folder: str) -> int:
+    """Bytes of the files in ``folder`` (each inode once: <step>.pt are hard links), not of its
+    subfolders."""
+    seen, total = set(), 0
+    if os.path.isdir(folder):
+        for f in os.listdir(folder):
+            st = os.stat(os.path.join(folder, f))
+            if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_size
+    return total
+
+
+def writable_dir(folder: str, keep: bool = True, what: str = "the run folder",
+                 key: str = "a work_dir (or save_path)") -> None:
+    """Make ``folder`` and write a file in it, or refuse in one sentence (ConfigError) that
+    names it as ``what`` and asks for another ``key``; with ``keep=False`` the folders it made
+    are removed again (a check before the work starts)."""
+    from mbdpo.config import ConfigError
+    made, parent = [], os.path.abspath(folder)
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+        for d in made if not keep else ():  # deepest first
+            os.rmdir(d)
+    except OSError as err:
+        raise ConfigError(f"Cannot write {what} {folder} ({err.strerror or err}): pass {key} "
+                          "that is a folder you can write to.") from None
+
+
+def gb(n: float, up: bool = False) -> str:
+    """Bytes in MB or GB; ``up``: rounded up (a need is never shown below the space it is
+    compared with, which is rounded down)."""
+    unit, digits = (1e9, 2) if n >= 1e8 else (1e6, 1)
+    scaled = math.ceil(n / unit * 10**digits) if up else math.floor(n / unit * 10**digits)
+    return f"{scaled / 10**digits:.{digits}f} {'GB' if unit == 1e9 else 'MB'}"
 
 
 class Trainer:
@@ -253,7 +320,7 @@ class Trainer:
                 self.saved_step = state["step"]
                 return os.path.join(self.model_dir, "latest.pt")
         extras = self.extra_state(marked)
-        self.check_space(tensor_bytes(state) + tensor_bytes(extras), state["step"])
+        self.check_space(unit_bytes(state, *extras.values()), state["step"])
         files, written = {}, False
         try:
             for name, extra in extras.items():
@@ -312,20 +379,43 @@ class Trainer:
     extra_names: tuple = ()  # the names of extra_state() (e.g. "replay.pt")
 
     def check_space(self, need: int, step: int) -> None:
-        """Refuse to save (one sentence) when the disk cannot hold the new unit next to the
-        previous one; the previous checkpoint stays whole."""
+        """Refuse to save (one sentence) when the disk cannot hold the new unit (``need``
+        bytes, ``unit_bytes``) next to the previous one; the previous checkpoint stays whole."""
         import shutil
         os.makedirs(self.model_dir, exist_ok=True)
         free = shutil.disk_usage(self.model_dir).free
-        if free < need + 64e6:
+        if free < need:
             raise ckpt.CheckpointError(
                 f"Not enough free space to save the checkpoint of step {step:,}: it needs "
-                f"~{gb(need)} and {self.model_dir} has {gb(free)} free; {self._kept()}. Free "
-                "space (or move the run folder) and continue with resume=true.")
+                f"~{gb(need, up=True)} and {self.model_dir} has {gb(free)} free; "
+                f"{self._kept()}. Free space (or move the run folder) and continue with "
+                "resume=true.")
 
-    def expected_checkpoint_bytes(self) -> int:
-        """Bytes of one checkpoint at the end of the run (subclasses add their replay)."""
-        return tensor_bytes(self.agent.state_dict())
+    def expected_extra(self) -> tuple[list, int, int]:
+        """The extra files of the checkpoint at the end of the run, for ``unit_bytes``: (their
+        states as they are now, tensors and bytes still to come). Subclasses whose files grow
+        (the replay) say how much."""
+        return list(self.extra_state().values()), 0, 0
+
+    def space_needed(self) -> tuple[int, int, int]:
+        """(bytes the run's checkpoints take at its end, bytes of one unit then, number of
+        <step>.pt kept): two units while one replaces the other, and every <step>.pt, a hard
+        link that keeps the latest.pt of its step. The optimisers' moments, made at the first
+        update, are counted before they exist (Adam: two per parameter and a step)."""
+        state = self.checkpoint_state(self.step)
+        moments, count = 0, 0
+        for opt in (self.agent.optim, self.agent.pi_optim):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p not in opt.state:
+                        moments, count = moments + 2 * tensor_bytes(p) + 4, count + 3
+        trees, tensors, grow = self.expected_extra()
+        unit = unit_bytes(state, *trees, extra_tensors=count + tensors,
+                          extra_bytes=moments + grow)
+        state_file = unit_bytes(state, extra_tensors=count, extra_bytes=moments)
+        every = self.cfg.get("save_model_every") or 0
+        kept = max(0, (int(self.cfg.steps) - 1) // every) if every else 0
+        return 2 * unit + kept * state_file, unit, kept
 
     def claim_dir(self) -> None:
         """A run folder belongs to one run: a new run (no ``resume=true``) refuses a folder
@@ -335,16 +425,7 @@ class Trainer:
         of a killed save are removed."""
         import shutil
         from mbdpo.config import ConfigError
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-            probe = os.path.join(self.dir, f".write-test-{os.getpid()}")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
-        except OSError as err:
-            raise ConfigError(f"Cannot write the run folder {self.dir} ({err.strerror or err}): "
-                              "pass a work_dir (or save_path) that is a folder you can write "
-                              "to.") from None
+        writable_dir(self.dir)
         if not self.cfg.resume and any(os.path.exists(os.path.join(self.dir, name))
                                        for name in ("models", "eval.csv", "train.csv")):
             if not self.cfg.get("overwrite"):
@@ -356,12 +437,19 @@ class Trainer:
             os.makedirs(self.dir)
             print(f"overwrite=true: the run that was in {self.dir} is now in {aside}.")
         self.remove_leftovers()
-        need, free = 2 * self.expected_checkpoint_bytes(), shutil.disk_usage(self.dir).free
-        if free < need:
+        need, unit, kept = self.space_needed()
+        held = models_bytes(self.model_dir)  # a resumed run's checkpoints count towards it
+        free = shutil.disk_usage(self.dir).free
+        if free < need - held:
+            parts = [f"two of ~{gb(unit, up=True)} at its end (a new one is written before the "
+                     "old one is removed)"]
+            if kept:
+                parts.append(f"{kept} kept <step>.pt (save_model_every)")
+            less = f", less the {gb(held)} already in {self.model_dir}" if held else ""
             raise ConfigError(
-                f"{self.dir} has {gb(free)} free but this run's checkpoints will need "
-                f"~{gb(need)} (its replay and networks at the end, twice while one replaces "
-                "the other): free space, lower steps or buffer_size, or pick another work_dir.")
+                f"{self.dir} has {gb(free)} free but this run's checkpoints need ~"
+                f"{gb(need - held, up=True)} more ({' and '.join(parts)}{less}): free space, "
+                "lower steps, buffer_size or save_model_every, or pick another work_dir.")
 
     def resume(self) -> dict | None:
         """Load latest.pt and the files it names into the agent and counters; None when there

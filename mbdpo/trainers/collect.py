@@ -10,6 +10,7 @@ from mbdpo import checkpoint as ckpt
 from mbdpo.config import ConfigError
 from mbdpo.datasets import segments, write_chunks
 from mbdpo.trainers.evaluate import load_agent, run_episodes, task_envs
+from mbdpo.trainers.base import writable_dir
 from mbdpo.trainers.task_dims import fill_multitask_dims
 
 
@@ -17,6 +18,11 @@ def make_dataset(cfg) -> list[str]:
     """scripts/make_dataset.py: ``episodes_per_task`` episodes of every task of the set."""
     if not cfg.out:
         raise ConfigError("Pass out=DIR, the folder to write the chunk_*.pt files to.")
+    if not isinstance(cfg.episodes_per_task, int) or cfg.episodes_per_task < 1:
+        raise ConfigError(f"Bad value episodes_per_task={cfg.episodes_per_task!r}: expected a "
+                          "positive integer.")
+    writable_dir(str(cfg.out), keep=False, what="the dataset folder",
+                 key="an out=")  # before the environments run
     if not cfg.multitask:
         raise ConfigError(f"task={cfg.task} is a single task: make_dataset writes task sets "
                           "(task=mt30, task=mt80, ...).")

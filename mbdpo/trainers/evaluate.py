@@ -237,16 +237,6 @@ def load_agent(cfg, path: str, state: dict | None = None):
     return agent
 
 
-def command_line_keys() -> set:
-    """The settings given on the command line of a Hydra script (empty outside Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        overrides = HydraConfig.get().overrides.task
-    except (ImportError, ValueError):
-        return set()
-    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-
-
 def curve_value(row: dict) -> float:
     """The value the published curves plot: success x 100 where the task reports success,
     else the episode return (for a task set: the normalized score)."""
@@ -290,6 +280,7 @@ def open_checkpoint(cfg) -> tuple[dict, str]:
     state = ckpt.load(cfg.checkpoint)  # None: "No checkpoint given: pass checkpoint=..."
     path = str(cfg.checkpoint)
     saved = state["config"]
+    from mbdpo.config import command_line_keys
     given = command_line_keys()
     if "model_size" in given and saved.get("model_size") not in (None, cfg.model_size):
         raise ConfigError(f"{path} holds a model_size={saved['model_size']} network but "
@@ -348,9 +339,18 @@ def evaluate_checkpoint(cfg) -> dict:
         row = rows[0]
         result = None
     else:
+        trained = saved.get("task")
         if str(cfg.task) in TASK_SETS:
-            raise ConfigError(f"{path} is a single-task checkpoint ({saved.get('task')}): pass "
-                              f"task={saved.get('task')} or another single task.")
+            raise ConfigError(f"{path} is a single-task checkpoint ({trained}): pass "
+                              f"task={trained} or another single task.")
+        from mbdpo.config import command_line_keys
+        if "eval_tasks" in command_line_keys():
+            print(f"note: eval_tasks has no effect: {path} is a single-task checkpoint "
+                  f"({trained}).", flush=True)
+        if trained and str(cfg.task) != trained and not cfg.other_task:
+            raise ConfigError(f"{path} was trained on {trained}, not {cfg.task}: pass "
+                              f"task={trained}, or other_task=true to evaluate it on "
+                              f"{cfg.task} all the same.")
         envs = task_envs(cfg, cfg.task, cfg.eval_episodes, seed, workers=cfg.async_envs)
         fill_env_dims(cfg, envs if isinstance(envs, gym.vector.VectorEnv) else envs[0])
         agent = load_agent(cfg, path, state)

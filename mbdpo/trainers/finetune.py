@@ -27,6 +27,7 @@ from mbdpo.config import ConfigError, discount, run_dir
 from mbdpo.envs import make_env
 from mbdpo.envs.wrappers import PadObsAction
 from mbdpo.tasks import FINETUNE_SOURCE, get_task
+from mbdpo.trainers.base import writable_dir
 from mbdpo.trainers.online import OnlineTrainer
 
 def task_dims(cfg, task: str) -> tuple[int, int]:
@@ -158,10 +159,12 @@ def offline_to_online(cfg) -> dict:
     """scripts/offline_to_online.py"""
     if not cfg.checkpoint:
         raise ConfigError("Pass checkpoint=PATH, the multi-task checkpoint to fine-tune.")
-    state = ckpt.load(str(cfg.checkpoint))
-    setup = finetune_setup(cfg, state["config"], str(cfg.checkpoint))
     if not cfg.save_path:
         cfg.save_path = run_dir(cfg)
+    writable_dir(str(cfg.save_path), keep=False,  # before the checkpoint and environments
+                 key="a save_path (or work_dir)")
+    state = ckpt.load(str(cfg.checkpoint))
+    setup = finetune_setup(cfg, state["config"], str(cfg.checkpoint))
     arms = []
     if cfg.load_checkpoint:
         arms.append("finetune")

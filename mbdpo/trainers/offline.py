@@ -25,7 +25,9 @@ class OfflineTrainer(Trainer):
                               f"data_dir=offline_dataset/{cfg.task} (see docs/datasets.md).")
         if not distributed.is_main():  # under torchrun rank 0 prepares the store alone
             distributed.barrier()
-        store_dir = prepare_store(str(cfg.data_dir), num_tasks=len(cfg.tasks))
+        store_dir = prepare_store(str(cfg.data_dir), store_dir=cfg.get("store_dir"),
+                                  num_tasks=len(cfg.tasks),
+                                  check_values=bool(cfg.get("check_values", True)))
         if distributed.is_main():
             distributed.barrier()
         # every process draws the same batches (the same seed) and reads its share of them

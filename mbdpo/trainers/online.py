@@ -16,7 +16,7 @@ from mbdpo.agent import MBDPO, stack_seeds
 from mbdpo.envs import make_env
 from mbdpo.logging import Logger, save_video
 from mbdpo.offline import SANE
-from mbdpo.replay import EpisodeReplay
+from mbdpo.replay import KEYS, EpisodeReplay
 from mbdpo.trainers.base import Trainer, write_metadata
 from mbdpo.trainers.evaluate import (close_envs, eval_seed, run_episodes, step_or_stop,
                                      summarise, vector_env, worker_context)
@@ -114,13 +114,12 @@ class OnlineTrainer(Trainer):
         if "action_rng" in state:
             self.env.action_space.np_random.bit_generator.state = state["action_rng"]
 
-    def expected_checkpoint_bytes(self) -> int:
+    def expected_extra(self) -> tuple[list, int, int]:
+        """The replay at the end of the run: every array at the buffer's capacity (the run's
+        steps, and the episodes up to num_envs environments end past them)."""
         b = self.buffer
-        per_entry = sum(t[:1].numel() * t.element_size() for t in (
-            b.obs, b.action, b.reward, b.terminated, b.task, b.episode, b.steps_left))
-        entries = min(b.capacity, self.cfg.steps * (self.episode_length + 1) //
-                      self.episode_length)
-        return super().expected_checkpoint_bytes() + per_entry * entries
+        per_entry = sum(getattr(b, k)[:1].numel() * getattr(b, k).element_size() for k in KEYS)
+        return [{"generator": b.generator.get_state()}], len(KEYS), per_entry * b.capacity
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, stop=None) -> dict | None:

@@ -59,18 +59,75 @@ def test_a_diverged_run_stops_naming_the_loss_and_keeps_its_last_checkpoint(tmp_
     assert [int(r["step"]) for r in rows(os.path.join(t.dir, "eval.csv"))] == [0]
 
 
-def test_a_disk_too_small_for_the_run_is_refused_before_training(tmp_path, monkeypatch):
+def simulated_disk(monkeypatch, root, capacity):
+    """shutil.disk_usage of a disk of ``capacity`` bytes holding what is under ``root``."""
     import shutil
     from collections import namedtuple
 
+    from mbdpo.trainers.base import models_bytes
+    usage = namedtuple("usage", "total used free")
+
+    def disk_usage(path):
+        used = sum(models_bytes(d) for d, _, _ in os.walk(root))
+        return usage(capacity, used, capacity - used)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+
+
+def test_a_disk_too_small_for_the_run_is_refused_before_training(tmp_path, monkeypatch):
+    """The start check asks for what the run's checkpoints will take (``space_needed``), and
+    says how that adds up; nothing is written."""
     from mbdpo.config import ConfigError
+    from mbdpo.trainers.base import gb
+    t = trainer(tmp_path, "steps=100000")
+    need, unit, kept = t.space_needed()
+    assert kept == 999 and need > 2 * unit > 0
+    import shutil
+    from collections import namedtuple
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
-    t = trainer(tmp_path, "steps=100000")
-    with pytest.raises(ConfigError, match=r"has 1.0 MB free but this run's checkpoints will "
-                                          r"need ~\d+\.\d+ (MB|GB)"):
+    with pytest.raises(ConfigError) as err:
         t.train()
+    assert str(err.value) == (
+        f"{t.dir} has 1.0 MB free but this run's checkpoints need ~{gb(need, True)} more (two "
+        f"of ~{gb(unit, True)} at its end (a new one is written before the old one is removed) "
+        "and 999 kept <step>.pt (save_model_every)): free space, lower steps, buffer_size or "
+        "save_model_every, or pick another work_dir.")
     assert not os.path.exists(t.model_dir)
+
+
+@pytest.mark.slow
+def test_a_disk_that_holds_the_run_is_never_refused_and_the_estimate_covers_the_files(
+        tmp_path, monkeypatch):
+    """On a disk of exactly the space the start check asks for (its run folder's CSVs, videos
+    and metadata included), the run trains to the end through every save: the save check uses
+    the same estimate. The real files stay under it: a checkpoint unit (latest.pt and its
+    replay) under the unit estimate, models/ under the total. One byte less and the run is
+    refused at start (an empty disk: the run's own small files do not fit next to it)."""
+    from mbdpo.checkpoint import CheckpointError
+    from mbdpo.config import ConfigError
+    from mbdpo.trainers.base import models_bytes
+    threads = torch.get_num_threads()
+    t = trainer(tmp_path / "a", "steps=300")
+    need, unit, kept = t.space_needed()
+    assert kept == 2  # 100.pt, 200.pt (300: final.pt, the last unit)
+    simulated_disk(monkeypatch, tmp_path, need + models_bytes(t.dir))  # + what is there
+    try:
+        t.train()
+    finally:
+        torch.set_num_threads(threads)
+    latest = os.path.join(t.model_dir, "latest.pt")
+    assert torch.load(latest, weights_only=True)["step"] == 300
+    real_unit = os.path.getsize(latest) + os.path.getsize(unit_file(latest, "replay.pt"))
+    assert real_unit <= unit < real_unit + 0.5e6, (real_unit, unit)
+    assert models_bytes(t.model_dir) <= need
+    # the save check says what it needs and has, and the numbers add up
+    with pytest.raises(CheckpointError, match=r"it needs ~\d+\.\d MB and .* has \d+\.\d MB "
+                                              r"free; the checkpoint of step 300 is intact"):
+        t.check_space(50 * 10**6, 400)
+    u = trainer(tmp_path / "b", "steps=300")
+    simulated_disk(monkeypatch, tmp_path / "b", u.space_needed()[0] - 1)
+    with pytest.raises(ConfigError, match="this run's checkpoints need"):
+        u.train()
 
 
 @pytest.mark.slow
