@@ -344,6 +344,18 @@ class MBDPO:
         return loss.detach()
 
     # -- state ------------------------------------------------------------------------------
+    def unmade_moments(self) -> tuple[int, int]:
+        """(bytes, tensors) one seed's checkpoint will gain when the optimisers make their
+        state at the first update (Adam: two moments per parameter and a step counter)."""
+        size = count = 0
+        for opt in (self.optim, self.pi_optim):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p not in opt.state:
+                        size += 2 * p.numel() * p.element_size() // self.S + 4
+                        count += 3
+        return size, count
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
                 "pi_optim": self.pi_optim.state_dict(), "scale": self.scale.state_dict(),

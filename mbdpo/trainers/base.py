@@ -403,12 +403,7 @@ class Trainer:
         link that keeps the latest.pt of its step. The optimisers' moments, made at the first
         update, are counted before they exist (Adam: two per parameter and a step)."""
         state = self.checkpoint_state(self.step)
-        moments, count = 0, 0
-        for opt in (self.agent.optim, self.agent.pi_optim):
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if p not in opt.state:
-                        moments, count = moments + 2 * tensor_bytes(p) + 4, count + 3
+        moments, count = self.agent.unmade_moments()
         trees, tensors, grow = self.expected_extra()
         unit = unit_bytes(state, *trees, extra_tensors=count + tensors,
                           extra_bytes=moments + grow)

@@ -177,6 +177,9 @@ class _LaneAgent:
     def load_state_dict(self, state: dict) -> None:
         self.lanes.call(self.lane, "load", state)
 
+    def unmade_moments(self) -> tuple[int, int]:
+        return self.batched.unmade_moments()  # per seed
+
 
 class LaneTrainer(OnlineTrainer):
     """One seed's online run, its agent the shared one (``_LaneAgent``)."""
