@@ -412,12 +412,14 @@ class Trainer:
         kept = max(0, (int(self.cfg.steps) - 1) // every) if every else 0
         return 2 * unit + kept * state_file, unit, kept
 
-    def claim_dir(self) -> None:
+    def claim_dir(self, others: int = 0) -> int:
         """A run folder belongs to one run: a new run (no ``resume=true``) refuses a folder
         that holds one, unless ``overwrite=true``, which moves the old run aside (renamed
         ``<folder>.replaced-<time>``), never deleting it. The folder must be writable and
-        the disk hold two checkpoints of the run's end (one replaces the other); leftovers
-        of a killed save are removed."""
+        the disk hold two checkpoints of the run's end (one replaces the other) next to
+        ``others`` bytes that runs of the same process will write (``seeds=[...]``: the seeds
+        claimed before this one); leftovers of a killed save are removed. Returns the bytes
+        this run's checkpoints still need."""
         import shutil
         from mbdpo.config import ConfigError
         writable_dir(self.dir)
@@ -435,16 +437,20 @@ class Trainer:
         need, unit, kept = self.space_needed()
         held = models_bytes(self.model_dir)  # a resumed run's checkpoints count towards it
         free = shutil.disk_usage(self.dir).free
-        if free < need - held:
+        more = max(0, need - held)
+        if free < more + others:
             parts = [f"two of ~{gb(unit, up=True)} at its end (a new one is written before the "
                      "old one is removed)"]
             if kept:
                 parts.append(f"{kept} kept <step>.pt (save_model_every)")
             less = f", less the {gb(held)} already in {self.model_dir}" if held else ""
+            also = (f", next to the ~{gb(others, up=True)} of the seeds before it in this "
+                    "process" if others else "")
             raise ConfigError(
                 f"{self.dir} has {gb(free)} free but this run's checkpoints need ~"
-                f"{gb(need - held, up=True)} more ({' and '.join(parts)}{less}): free space, "
+                f"{gb(more, up=True)} more ({' and '.join(parts)}{less}){also}: free space, "
                 "lower steps, buffer_size or save_model_every, or pick another work_dir.")
+        return more
 
     def resume(self) -> dict | None:
         """Load latest.pt and the files it names into the agent and counters; None when there

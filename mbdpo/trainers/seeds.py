@@ -301,8 +301,11 @@ def train_seeds(cfg):
         lanes = Lanes([c.seed for c in cfgs], stop)
         trainers = [LaneTrainer(c, lanes, i) for i, c in enumerate(cfgs)]
         try:
-            for t in trainers:  # refusals (a folder that holds a run) before anything runs
-                t.claim_dir()
+            # refusals (a folder that holds a run, a disk too small for all the seeds'
+            # checkpoints together: their folders share work_dir's disk) before anything runs
+            others = 0
+            for t in trainers:
+                others += t.claim_dir(others)
             results, errors = [None] * len(trainers), [None] * len(trainers)
             threads_each = torch.get_num_threads()  # (set by the runs' ``threads``)
 

@@ -95,6 +95,29 @@ def test_a_disk_too_small_for_the_run_is_refused_before_training(tmp_path, monke
     assert not os.path.exists(t.model_dir)
 
 
+def test_seeds_in_one_process_are_refused_when_the_disk_holds_one_seed_not_all(
+        tmp_path, monkeypatch):
+    """``seeds=[1,2]``: each seed's folder alone fits a disk of 1.5 seeds' need, both do not;
+    the second seed is refused before anything trains, the sentence counts the first seed's
+    share, and no checkpoint folder is made."""
+    from mbdpo.config import ConfigError, parse_cfg
+    from mbdpo.trainers.base import gb
+    from mbdpo.trainers.seeds import train_seeds
+    one = trainer(tmp_path / "one", "steps=300", "seed=2")
+    need = one.space_needed()[0]
+    one.close()
+    simulated_disk(monkeypatch, tmp_path, int(1.5 * need))
+    cfg = parse_cfg(make_cfg(*RUN, "steps=300", "seeds=[1,2]", f"work_dir={tmp_path / 's'}",
+                             parse=False))
+    with pytest.raises(ConfigError) as err:
+        train_seeds(cfg)
+    msg = str(err.value)
+    seed2 = os.path.join(str(tmp_path / "s"), "mw-reach", "2")
+    assert msg.startswith(seed2) and f"need ~{gb(need, True)} more" in msg, msg
+    assert f"next to the ~{gb(need, True)} of the seeds before it in this process" in msg, msg
+    assert not [d for d, _, _ in os.walk(tmp_path / "s") if d.endswith("models")]
+
+
 @pytest.mark.slow
 def test_a_disk_that_holds_the_run_is_never_refused_and_the_estimate_covers_the_files(
         tmp_path, monkeypatch):
