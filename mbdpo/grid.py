@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import signal
@@ -79,12 +80,39 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def run_job(cfg) -> dict:
-    """The Hydra job of one (task, seed): train it, or skip it if it finished or the grid was
-    asked to stop. Never raises for a failed run: the outcome is in its status file."""
-    from omegaconf import open_dict
+def seed_folders(cfg) -> dict[int, str]:
+    """The run folder of each seed of a job: its ``seeds=[...]`` (job_mode=task: the task's
+    seeds trained together in one process) or its ``seed``."""
+    from types import SimpleNamespace
 
     from mbdpo.config import run_dir
+    seeds = [int(s) for s in cfg.seeds] if cfg.get("seeds") is not None else [int(cfg.seed)]
+    return {s: run_dir(SimpleNamespace(work_dir=cfg.work_dir, task=cfg.task, seed=s,
+                                       exp_name=cfg.exp_name)) for s in seeds}
+
+
+class _Tee(io.TextIOBase):
+    """A console written to several files: a job of several seeds writes its console into
+    each seed's run folder (the standard library has no tee for streams)."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def write(self, text):
+        for f in self.files:
+            f.write(text)
+        return len(text)
+
+    def flush(self):
+        for f in self.files:
+            f.flush()
+
+
+def run_job(cfg) -> dict:
+    """The Hydra job of one (task, seed), or of a task's seeds together (job_mode=task): train
+    it, or skip the seeds that finished, or all of it if the grid was asked to stop. Never
+    raises for a failed run: each seed's outcome is in its run folder's status file."""
+    from omegaconf import open_dict
 
     sweep = os.path.dirname(str(cfg.grid_file))
     with open(cfg.grid_file) as f:
@@ -94,13 +122,22 @@ def run_job(cfg) -> dict:
         cfg.steps, cfg.resume = steps_for(cfg.task, spec["steps"]), True
         if spec.get("threads") and cfg.threads is None:
             cfg.threads = spec["threads"]
-    folder, name = run_dir(cfg), f"{cfg.task} seed {cfg.seed}"
-    old = read_status(folder)
-    if old["status"] == "finished" and old.get("steps") == cfg.steps:
-        say(f"[grid] {name}: finished before, skipped")
+    folders = seed_folders(cfg)
+    todo = {}
+    for seed, folder in folders.items():
+        old = read_status(folder)
+        if old["status"] == "finished" and old.get("steps") == cfg.steps:
+            say(f"[grid] {cfg.task} seed {seed}: finished before, skipped")
+        else:
+            todo[seed] = folder
+    if not todo:
         return old
     if os.path.exists(os.path.join(sweep, STOP)):
         return {"status": "not run"}
+    if cfg.get("seeds") is not None:
+        with open_dict(cfg):  # the seeds left, together (one left: an ordinary run)
+            cfg.seed, cfg.seeds = next(iter(todo)), list(todo) if len(todo) > 1 else None
+    name = f"{cfg.task} seed{'s' if len(todo) > 1 else ''} {','.join(map(str, todo))}"
     if os.getpid() != spec["launcher_pid"]:
         # a worker process of the launcher: out of the terminal's process group, so that
         # Ctrl-C reaches the launcher alone, which passes one SIGTERM to each job
@@ -108,15 +145,16 @@ def run_job(cfg) -> dict:
             os.setpgrp()
     pidfile = os.path.join(sweep, RUNNING, str(os.getpid()))
     os.makedirs(os.path.dirname(pidfile), exist_ok=True)
-    status = {"task": str(cfg.task), "seed": int(cfg.seed), "steps": int(cfg.steps)}
-    os.makedirs(folder, exist_ok=True)
+    status = {"task": str(cfg.task), "steps": int(cfg.steps)}
+    for folder in todo.values():
+        os.makedirs(folder, exist_ok=True)
     start = time.time()
     # until the training loop takes them over (while environments start), a stop signal
     # ends the job as Ctrl-C does, not the worker process
     old_handlers = {s: signal.signal(s, signal.default_int_handler)
                     for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        status = _train(cfg, spec, sweep, folder, name, pidfile, status)
+        status = _train(cfg, spec, sweep, todo, name, pidfile, status)
     except KeyboardInterrupt:  # before the run started (waiting for a GPU slot)
         status.update(status="stopped", error=STOPPED)
         open(os.path.join(sweep, STOP), "w").close()
@@ -124,33 +162,47 @@ def run_job(cfg) -> dict:
         for s, h in old_handlers.items():
             signal.signal(s, h)
     status["minutes"] = round((time.time() - start) / 60, 2)
-    write_status(folder, status)
+    returns = []
+    for seed, folder in todo.items():
+        mine = {**status, "seed": seed}
+        if mine["status"] == "finished":
+            last = last_evaluation(folder)
+            if last is not None:
+                mine["return"] = last
+                returns.append(f"{last:.1f}")
+        write_status(folder, mine)
     say(f"[grid] {name}: {status['status']} after {status['minutes']:.1f} min"
-        + (f", last evaluation {status['return']:.1f}" if "return" in status else "")
+        + (f", last evaluation {' / '.join(returns)}" if returns else "")
         + (f" ({status['error']})" if status.get("error") else ""))
-    return status
+    return mine
 
 
-def _train(cfg, spec, sweep, folder, name, pidfile, status) -> dict:
+def _train(cfg, spec, sweep, folders, name, pidfile, status) -> dict:
     from omegaconf import open_dict
 
     from mbdpo.cli import USER_ERRORS
     from mbdpo.config import parse_cfg
     from mbdpo.trainers.online import OnlineTrainer
+    from mbdpo.trainers.seeds import train_seeds
     with gpu_slot(sweep, spec["gpus"], spec["workers_per_gpu"]) as gpu:
         if gpu is not None:
             with open_dict(cfg):
                 cfg.device = f"cuda:{gpu}"
+        logs = [os.path.join(f, "console.log") for f in folders.values()]
         say(f"[grid] {name}: started on {cfg.device if gpu is not None else spec['where']}, "
-            f"{cfg.steps:,} steps; console in {os.path.join(folder, 'console.log')}")
-        with open(pidfile, "w"), open(os.path.join(folder, "console.log"), "a") as log, \
-                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            f"{cfg.steps:,} steps; console in {' and '.join(logs)}")
+        with contextlib.ExitStack() as stack:
+            log = _Tee([stack.enter_context(open(f, "a")) for f in logs])
+            stack.enter_context(open(pidfile, "w"))
+            stack.enter_context(contextlib.redirect_stdout(log))
+            stack.enter_context(contextlib.redirect_stderr(log))
             try:
-                OnlineTrainer(parse_cfg(cfg)).train()
+                parsed = parse_cfg(cfg)
+                if parsed.get("seeds") is not None:
+                    train_seeds(parsed)
+                else:
+                    OnlineTrainer(parsed).train()
                 status["status"] = "finished"
-                last = last_evaluation(folder)
-                if last is not None:
-                    status["return"] = last
             except USER_ERRORS as err:
                 print(f"error: {err}", flush=True)
                 status.update(status="failed", error=str(err))

@@ -8,7 +8,10 @@
         launcher=submitit_slurm hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1
 
 One Hydra job per (task, seed), each an ordinary run folder (<work_dir>/<task>/<seed>/<exp_name>)
-trained with resume=true: a re-run skips the runs that finished and continues the others. On
+trained with resume=true: a re-run skips the runs that finished and continues the others.
+With job_mode=task, one job per task trains its seeds together in one process (train.py's
+seeds=[...]: one batched computation, the same run folders; on a GPU several seeds cost little
+more than one). On
 this machine Hydra's joblib launcher runs len(GPUs) x workers_per_gpu jobs at once, each on a
 GPU slot of its own (at most workers_per_gpu jobs per GPU; on the CPU, workers_per_gpu jobs);
 with submitit each job is its own Slurm allocation. A job that fails is reported in the table
@@ -184,6 +187,10 @@ def main():
     if min(gpu_ids, default=0) < 0 or (not cfg.gpu_ids and int(cfg.num_gpus) < 0):
         fail(f"num_gpus={cfg.num_gpus}, gpu_ids={list(cfg.gpu_ids)}: GPU counts and ids are "
              "0 or more (num_gpus=0 runs the grid on the CPU).")
+    if cfg.job_mode not in ("seed", "task"):
+        fail(f"job_mode={cfg.job_mode}: expected seed (a job per task and seed) or task (a job "
+             "per task, its seeds trained together in one process).")
+    together = cfg.job_mode == "task" and len(seeds) > 1
     local = cfg.launcher == "joblib"
     gpus = gpu_ids if local else []
     slots = max(1, len(gpus)) * per_gpu
@@ -203,9 +210,14 @@ def main():
         json.dump(spec, f, indent=1)
     jobs = [(t, s) for t in tasks for s in seeds]
     where = f"GPUs {gpus}" if gpus else ("the CPU" if local else cfg.launcher)
-    print(f"[grid] {len(jobs)} runs ({len(tasks)} tasks x {len(seeds)} seeds), "
-          f"{slots if local else 'all'} at once on {where}; sweep folder {sweep}", flush=True)
-    argv = ["--multirun", f"task={','.join(tasks)}", f"seed={','.join(map(str, seeds))}",
+    each = (f" in {len(tasks)} jobs (job_mode=task: a task's seeds together in one process)"
+            if together else "")
+    print(f"[grid] {len(jobs)} runs ({len(tasks)} tasks x {len(seeds)} seeds){each}, "
+          f"{slots if local else 'all'} jobs at once on {where}; sweep folder {sweep}",
+          flush=True)
+    seed_arg = (f"seeds=[{','.join(map(str, seeds))}]" if together
+                else f"seed={','.join(map(str, seeds))}")
+    argv = ["--multirun", f"task={','.join(tasks)}", seed_arg,
             f"+grid_file={grid_file}", f"hydra/launcher={cfg.launcher}",
             f"hydra.sweep.dir={sweep}",
             *[f"{k}={str(cfg[k]).lower() if isinstance(cfg[k], bool) else cfg[k]}"

@@ -81,6 +81,52 @@ def test_grid_stopped_half_way_finishes_only_what_is_left(tmp_path):
 
 
 @pytest.mark.slow
+def test_job_mode_task_trains_a_tasks_seeds_in_one_job_as_their_single_runs(tmp_path):
+    """job_mode=task: one job (one process) for cartpole-balance's seeds 1 and 2, each seed's
+    ordinary run folder with its status, the job's console and its curve; seed 2's evaluations and final
+    weights equal those of the job of seed 2 alone (job_mode=seed, one thread). A re-run skips
+    both; a seed whose status is lost is the only one the next run takes up."""
+    import torch
+    cwd = str(tmp_path)
+    one = [a.replace("common_overrides=[", "common_overrides=[threads=1,")
+           if a.startswith("common_overrides=") else a for a in GRID
+           if not a.startswith(("tasks=", "seeds=", "workers_per_gpu="))]
+    one += ["tasks=[cartpole-balance]", "workers_per_gpu=1"]
+    code, out = run(cwd, *one, "seeds=[1,2]", "job_mode=task")
+    assert code == 0, out
+    assert "2 runs (1 tasks x 2 seeds) in 1 jobs (job_mode=task" in out, out
+    assert out.count("started on the CPU") == 1 and "cartpole-balance seeds 1,2: started" in out
+    assert "2 of 2 runs finished" in out
+    for seed in (1, 2):
+        folder = run_folder(cwd, "cartpole-balance", seed)
+        console = open(os.path.join(folder, "console.log")).read()
+        assert "[grid]" not in console and f"[eval seed {seed}] step" in console, console
+    merged = rows(os.path.join(cwd, "results", "g", "cartpole-balance.csv"))
+    assert sorted({r["seed"] for r in merged}) == ["1", "2"]
+
+    alone = [a.replace("exp_name=g", "exp_name=alone") for a in one]
+    code, out_alone = run(cwd, *alone, "seeds=[2]", "job_mode=seed")
+    assert code == 0, out_alone
+    batched, single = run_folder(cwd, "cartpole-balance", 2), \
+        os.path.join(cwd, "logs", "cartpole-balance", "2", "alone")
+    ev = [[(r["step"], r["episode_reward"]) for r in rows(os.path.join(f, "eval.csv"))]
+          for f in (batched, single)]
+    assert ev[0] == ev[1] and len(ev[0]) == 2, ev
+    w = [torch.load(os.path.join(f, "models", "final.pt"), weights_only=True)["agent"]["model"]
+         for f in (batched, single)]
+    assert w[0].keys() == w[1].keys() and all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+
+    before = digests(batched)
+    code, out2 = run(cwd, *one, "seeds=[1,2]", "job_mode=task")
+    assert code == 0 and out2.count("finished before, skipped") == 2, out2
+    assert "started" not in out2.split("sweep folder")[1] and digests(batched) == before
+    os.remove(os.path.join(run_folder(cwd, "cartpole-balance", 1), "grid_status.json"))
+    code, out3 = run(cwd, *one, "seeds=[1,2]", "job_mode=task")
+    assert code == 0 and "cartpole-balance seed 2: finished before, skipped" in out3, out3
+    assert "cartpole-balance seed 1: started" in out3 and "2 of 2 runs finished" in out3
+
+
+@pytest.mark.slow
 def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path):
     """A ManiSkill2 task where mani-skill2 is not installed fails at once with its sentence;
     the other job finishes; the launcher exits 1 and says which."""
@@ -106,6 +152,7 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path):
     (['common_overrides=["online_save_root=???"]'], "online_save_root=??? must be given a folder"),
     (["common_overrides=[a=???]"], "cannot be read as YAML"),
     (["launcher=ray"], "expected one of joblib, submitit_slurm, submitit_local"),
+    (["job_mode=tasks"], "job_mode=tasks: expected seed (a job per task and seed) or task"),
     (["seeds=[one]"], "these are whole numbers"),
     (["num_gpus=-1"], "GPU counts and ids are 0 or more"),
     (["gpu_ids=[-2]"], "GPU counts and ids are 0 or more"),
