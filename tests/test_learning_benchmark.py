@@ -77,3 +77,56 @@ def test_collect_with_no_runs_says_so_and_keeps_the_committed_curve(tmp_path):
     assert "no evaluations in" in str(stop.value) and "exp_name" in str(stop.value)
     assert (out / "reacher-easy.csv").read_text() == "step,reward,seed\n10000,385.0,1\n"
     assert not (out / "reacher-easy.json").exists()
+
+
+def test_published_mode_runs_the_config_as_it_is_and_says_how_a_run_differs(tmp_path):
+    """published=true passes cfgs/config.yaml's method unchanged (only the protocol: 100k
+    steps, 10 episodes every 10k), names the curve by device, and the JSON splits a run's
+    differences from cfgs/config.yaml into protocol and method, with its last start."""
+    from omegaconf import OmegaConf
+    learning = load_script()
+    args, seeds, _, parallel = learning.parse(
+        ["published=true", "task=walker-walk", "together=true", "device=cpu",
+         f"work_dir={tmp_path / 'logs'}", f"out_dir={tmp_path / 'results'}"])
+    assert not parallel and args["_together"] and args["suffix"] == "cpu"
+    assert learning.train_args(args) == [
+        "steps=100000", "eval_freq=10000", "eval_episodes=10", "save_model_every=0",
+        "exp_name=published", "task=walker-walk", "device=cpu", f"work_dir={tmp_path / 'logs'}"]
+    default = OmegaConf.to_container(OmegaConf.load(
+        os.path.join(os.path.dirname(SCRIPT), "..", "cfgs", "config.yaml")))
+    config = {**default, "task": "walker-walk", "steps": 100000, "eval_freq": 10000,
+              "seed_steps": 2500, "compile": False, "device": "cpu", "exp_name": "published",
+              "task_dim": 0}  # (zeroed for one task: no difference)
+    evals = [[0, 0, 30.0, 1.0, 60.0], [10000, 20, 500.0, 9.0, 1000.0]]
+    make_run(learning.run_dir(args, 1), config, evals, ["abc1234"])
+    make_run(learning.run_dir(args, 2), {**config, "model_size": 1, "tau": 0.05}, evals,
+             ["abc1234"])
+    with open(os.path.join(learning.run_dir(args, 2), "metadata.json"), "w") as f:
+        json.dump({"commits": ["abc1234"], "starts": [
+            {"device": "cuda", "device_name": "old", "torch": "2.12", "commit": "0"},
+            {"device": "cuda:0", "device_name": "NVIDIA H200", "torch": "2.13.0",
+             "commit": "abc1234", "dirty": False, "host": "x"}]}, f)
+    path = learning.collect(args, seeds)
+    assert path == str(tmp_path / "results" / "walker-walk_cpu.csv")
+    with open(os.path.splitext(path)[0] + ".json") as f:
+        runs = json.load(f)["runs"]
+    protocol = {"steps": 100000, "eval_freq": 10000, "exp_name": "published", "device": "cpu",
+                "compile": False}
+    protocol = {k: v for k, v in protocol.items() if default[k] not in (None, "auto")}
+    assert runs["1"]["differs_from_config"] == {"protocol": protocol, "method": {}}
+    assert runs["2"]["differs_from_config"] == {"protocol": protocol,
+                                                "method": {"model_size": 1, "tau": 0.05}}
+    assert runs["2"]["last_start"] == {"device": "cuda:0", "device_name": "NVIDIA H200",
+                                       "torch": "2.13.0", "commit": "abc1234", "dirty": False}
+    assert runs["1"]["last_start"] == {}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["task=walker-walk", "parallel=true", "together=true"], "exclude each other"),
+    (["task=walker-walk", "together=maybe"], "together is true or false"),
+])
+def test_learning_benchmark_refuses_contradictions(argv, says):
+    learning = load_script()
+    with pytest.raises(SystemExit) as stop:
+        learning.parse(argv)
+    assert says in str(stop.value)
