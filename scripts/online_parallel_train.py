@@ -182,6 +182,11 @@ def main():
              f"workers_per_gpu={cfg.workers_per_gpu}: these are whole numbers (lists of them).")
     if not seeds:
         fail("seeds=[]: list at least one seed.")
+    for what, values in (("seeds", seeds), ("tasks", tasks)):
+        twice = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+        if twice:  # two jobs would write the same run folder at once
+            fail(f"{what}={list(values)} lists {', '.join(map(str, twice))} twice: each run "
+                 "folder belongs to one job; list each once.")
     if per_gpu < 1:
         fail(f"workers_per_gpu={per_gpu}: at least 1 job at a time.")
     if min(gpu_ids, default=0) < 0 or (not cfg.gpu_ids and int(cfg.num_gpus) < 0):

@@ -152,6 +152,8 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path):
     (['common_overrides=["online_save_root=???"]'], "online_save_root=??? must be given a folder"),
     (["common_overrides=[a=???]"], "cannot be read as YAML"),
     (["launcher=ray"], "expected one of joblib, submitit_slurm, submitit_local"),
+    (["seeds=[1,2,1]"], "seeds=[1, 2, 1] lists 1 twice: each run folder belongs to one job"),
+    (["tasks=[walker-walk,walker-walk]"], "lists walker-walk twice"),
     (["job_mode=tasks"], "job_mode=tasks: expected seed (a job per task and seed) or task"),
     (["seeds=[one]"], "these are whole numbers"),
     (["num_gpus=-1"], "GPU counts and ids are 0 or more"),
