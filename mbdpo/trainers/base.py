@@ -512,7 +512,11 @@ class Trainer:
 
     def interrupted(self, marked: bool = True) -> None:
         """Save on a stop and exit: the state remembered by the last ``mark()`` (a stop in the
-        middle of an episode or an evaluation), or with ``marked=False`` that of now."""
+        middle of an episode or an evaluation), or with ``marked=False`` that of now. A stop
+        before the first mark (at the loop's first boundary: with seeds=[...] a lane may wait
+        there for the others to load) saves the state of now, which is the run's start."""
+        if self._mark is None:
+            marked = False
         path = self.save(self.step, marked=marked)
         print(f"\nStopped: saved {path} at step {self.saved_step:,}; continue with "
               "resume=true.", flush=True)

@@ -59,6 +59,31 @@ def test_a_diverged_run_stops_naming_the_loss_and_keeps_its_last_checkpoint(tmp_
     assert [int(r["step"]) for r in rows(os.path.join(t.dir, "eval.csv"))] == [0]
 
 
+@pytest.mark.parametrize("seeds", [None, "[1,2]"])
+def test_a_stop_before_the_first_boundary_saves_the_start(tmp_path, monkeypatch, seeds):
+    """A stop that is there when the loop reaches its first boundary, before anything was
+    marked (a batched lane waits there for the other seeds to load, so a SIGTERM lands there:
+    it once ended in a TypeError): the run saves its start (step 0, its evaluation still to
+    come) and exits 130."""
+    from mbdpo.config import parse_cfg
+    from mbdpo.trainers import base
+    from mbdpo.trainers.seeds import train_seeds
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(base.StopRequested, "__bool__", lambda self: True)
+    extra = [f"seeds={seeds}"] if seeds else []
+    cfg = parse_cfg(make_cfg(*RUN, "steps=300", *extra, f"work_dir={tmp_path}", parse=False))
+    try:
+        with pytest.raises(SystemExit) as stop:
+            train_seeds(cfg) if seeds else trainer(tmp_path, "steps=300").train()
+    finally:
+        torch.set_num_threads(threads)
+    assert stop.value.code == 130
+    for s in (1, 2) if seeds else (1,):
+        latest = os.path.join(tmp_path, "mw-reach", str(s), "default", "models", "latest.pt")
+        state = torch.load(latest, weights_only=True)
+        assert (state["step"], state["last_eval_step"]) == (0, -1)
+
+
 def simulated_disk(monkeypatch, root, capacity):
     """shutil.disk_usage of a disk of ``capacity`` bytes holding what is under ``root``."""
     import shutil
