@@ -1,8 +1,9 @@
 """Grids of online runs (tasks x seeds) on Hydra's multirun, for scripts/online_parallel_train.py.
 
 The launcher writes ``grid.json`` into the sweep folder and starts Hydra with one job per
-(task, seed) (``task=a,b seed=1,2``); Hydra's launcher plugin (joblib here, submitit on Slurm)
-runs them. Each job is :func:`run_job`: an ordinary run folder trained with ``resume=true``, its
+(task, seed) (``task=a,b seed=1,2``), or with job_mode=task one job per task training its seeds
+together in one process (``task=a,b seeds=[1,2]``); Hydra's launcher plugin (joblib here,
+submitit on Slurm) runs them. Each job is :func:`run_job`: an ordinary run folder trained with ``resume=true``, its
 console in ``<run>/console.log``, its outcome in ``<run>/grid_status.json``. What Hydra does
 not do, and is written here: a GPU slot per job (file locks, at most ``workers_per_gpu`` jobs on
 a GPU), skipping runs that finished, one stop for the whole grid (Ctrl-C / SIGTERM reach the
