@@ -44,6 +44,14 @@ RENAMED = {"online_save_root": "work_dir", "reward_csv_dir": "results_dir"}
 LAUNCHERS = {"joblib": "hydra_plugins.hydra_joblib_launcher",
              "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
              "submitit_local": "hydra_plugins.hydra_submitit_launcher"}
+# settings each job gets from the grid, not from common_overrides
+GRID_SETS = {"steps": "is set per suite by the grid: use dmc_steps, metaworld_steps or "
+                      "default_steps.",
+             "task": "is set by the grid: list the tasks in tasks=[...] (or task_set).",
+             "seed": "is set by the grid: list the seeds in seeds=[...].",
+             "seeds": "is set by the grid: list the seeds in seeds=[...] (job_mode=task trains "
+                      "a task's seeds together).",
+             "resume": "is set by the grid: every job resumes (a re-run continues the grid)."}
 PER_JOB = ("obs", "compile", "eval_freq", "save_model_every", "exp_name", "save_video",
            "enable_wandb", "work_dir")
 
@@ -132,6 +140,11 @@ def read_config(argv: list[str]):
     overrides = []
     for o in cfg.common_overrides:
         key, _, value = str(o).partition("=")
+        if key.lstrip("+~") in GRID_SETS:  # the job's value would silently win or lose
+            fail(f"common_overrides: {o} {GRID_SETS[key.lstrip('+~')]}")
+        if key.lstrip("+~") in PER_JOB:
+            fail(f"common_overrides: {o}: {key} is a key of the grid itself, passed to every "
+                 f"job: give it as {key}=... after --config.")
         if key in RENAMED:
             if value in ("", "???"):
                 fail(f"common_overrides: {key}=??? must be given a folder (here it sets "
@@ -171,6 +184,34 @@ def tasks_of(cfg) -> list[str]:
     return tasks
 
 
+def check_jobs(tasks: list[str], seed_arg: str, steps: dict, job_args: list[str],
+               overrides: list[str]) -> None:
+    """Each task's settings as its job will parse them, before the grid starts: a bad value in
+    common_overrides is one sentence here, not a failed job per run, and each setting that has
+    no effect on the runs is noted once (what train.py says at its start)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mbdpo.cli import CONFIG_DIR
+    from mbdpo.config import ConfigError, no_effect, parse_cfg
+    from mbdpo.grid import steps_for
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    notes = []
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        for task in tasks:
+            cfg = compose("config", overrides=[f"task={task}", seed_arg,
+                                               f"steps={steps_for(task, steps)}", *job_args,
+                                               *overrides])
+            raw = OmegaConf.to_container(cfg)
+            try:
+                parsed = parse_cfg(cfg)
+            except ConfigError as err:
+                fail(f"{err} (common_overrides, for {task})")
+            notes += [n for n in no_effect(parsed, raw, given, "train.py") if n not in notes]
+    for line in notes:
+        print(f"note: {line} (common_overrides)", flush=True)
+
+
 def main():
     cfg, overrides, hydra_args = read_config(sys.argv[1:])
     tasks = tasks_of(cfg)
@@ -196,6 +237,13 @@ def main():
         fail(f"job_mode={cfg.job_mode}: expected seed (a job per task and seed) or task (a job "
              "per task, its seeds trained together in one process).")
     together = cfg.job_mode == "task" and len(seeds) > 1
+    steps = {"dmc": int(cfg.dmc_steps), "metaworld": int(cfg.metaworld_steps),
+             "default": int(cfg.default_steps)}
+    seed_arg = (f"seeds=[{','.join(map(str, seeds))}]" if together
+                else f"seed={','.join(map(str, seeds))}")
+    job_args = [f"{k}={str(cfg[k]).lower() if isinstance(cfg[k], bool) else cfg[k]}"
+                for k in PER_JOB]
+    check_jobs(tasks, seed_arg if together else f"seed={seeds[0]}", steps, job_args, overrides)
     local = cfg.launcher == "joblib"
     gpus = gpu_ids if local else []
     slots = max(1, len(gpus)) * per_gpu
@@ -205,9 +253,7 @@ def main():
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(sweep, grid.STOP))
     threads = (max(1, (os.cpu_count() or 1) // slots) if local and not gpus else None)
-    spec = {"steps": {"dmc": int(cfg.dmc_steps), "metaworld": int(cfg.metaworld_steps),
-                      "default": int(cfg.default_steps)},
-            "gpus": gpus, "workers_per_gpu": per_gpu, "threads": threads,
+    spec = {"steps": steps, "gpus": gpus, "workers_per_gpu": per_gpu, "threads": threads,
             "where": "the CPU" if local and not gpus else cfg.launcher,
             "launcher_pid": os.getpid()}
     grid_file = os.path.join(sweep, grid.GRID)
@@ -220,13 +266,9 @@ def main():
     print(f"[grid] {len(jobs)} runs ({len(tasks)} tasks x {len(seeds)} seeds){each}, "
           f"{slots if local else 'all'} jobs at once on {where}; sweep folder {sweep}",
           flush=True)
-    seed_arg = (f"seeds=[{','.join(map(str, seeds))}]" if together
-                else f"seed={','.join(map(str, seeds))}")
     argv = ["--multirun", f"task={','.join(tasks)}", seed_arg,
             f"+grid_file={grid_file}", f"hydra/launcher={cfg.launcher}",
-            f"hydra.sweep.dir={sweep}",
-            *[f"{k}={str(cfg[k]).lower() if isinstance(cfg[k], bool) else cfg[k]}"
-              for k in PER_JOB], *overrides, *hydra_args]
+            f"hydra.sweep.dir={sweep}", *job_args, *overrides, *hydra_args]
     if local:
         argv.append(f"hydra.launcher.n_jobs={slots}")
     sys.argv = [sys.argv[0]] + argv

@@ -83,9 +83,9 @@ def test_grid_stopped_half_way_finishes_only_what_is_left(tmp_path):
 @pytest.mark.slow
 def test_job_mode_task_trains_a_tasks_seeds_in_one_job_as_their_single_runs(tmp_path):
     """job_mode=task: one job (one process) for cartpole-balance's seeds 1 and 2, each seed's
-    ordinary run folder with its status, the job's console and its curve; seed 2's evaluations and final
-    weights equal those of the job of seed 2 alone (job_mode=seed, one thread). A re-run skips
-    both; a seed whose status is lost is the only one the next run takes up."""
+    ordinary run folder with its status, the job's console and its curve; seed 2's evaluations
+    and final weights equal those of the job of seed 2 alone (job_mode=seed, one thread). A
+    re-run skips both; a seed whose status is lost is the only one the next run takes up."""
     import torch
     cwd = str(tmp_path)
     one = [a.replace("common_overrides=[", "common_overrides=[threads=1,")
@@ -95,7 +95,8 @@ def test_job_mode_task_trains_a_tasks_seeds_in_one_job_as_their_single_runs(tmp_
     code, out = run(cwd, *one, "seeds=[1,2]", "job_mode=task")
     assert code == 0, out
     assert "2 runs (1 tasks x 2 seeds) in 1 jobs (job_mode=task" in out, out
-    assert out.count("started on the CPU") == 1 and "cartpole-balance seeds 1,2: started" in out
+    assert out.count("started on the CPU") == 1, out
+    assert "cartpole-balance seeds 1,2: started" in out
     assert "2 of 2 runs finished" in out
     for seed in (1, 2):
         folder = run_folder(cwd, "cartpole-balance", seed)
@@ -154,6 +155,11 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path):
     (["launcher=ray"], "expected one of joblib, submitit_slurm, submitit_local"),
     (["seeds=[1,2,1]"], "seeds=[1, 2, 1] lists 1 twice: each run folder belongs to one job"),
     (["tasks=[walker-walk,walker-walk]"], "lists walker-walk twice"),
+    (["common_overrides=[steps=100]"], "steps=100 is set per suite by the grid: use dmc_steps"),
+    (["common_overrides=[seed=3]"], "seed=3 is set by the grid: list the seeds in seeds=[...]"),
+    (["common_overrides=[exp_name=x]"], "exp_name is a key of the grid itself, passed to every"),
+    (["common_overrides=[model_size=3]"], "Bad value model_size=3: expected one of 1, 5, 19, "
+                                          "48, 317. (common_overrides, for walker-stand)"),
     (["job_mode=tasks"], "job_mode=tasks: expected seed (a job per task and seed) or task"),
     (["seeds=[one]"], "these are whole numbers"),
     (["num_gpus=-1"], "GPU counts and ids are 0 or more"),
