@@ -1,13 +1,15 @@
 """torch.compile of the hot paths, with a clean fallback to eager.
 
 ``compile`` (auto: on a GPU) compiles the planner's denoising step
-(``DiffusionPlanner.weighted_mean``: K candidates drawn, rolled out H steps, scored, the elites
-averaged) and the update's losses (``MBDPO._model_losses`` and the policy prior's
-``MBDPO._pi_loss``: forward and, through AOTAutograd, backward). Inductor fuses the layer
-norms, activations and element-wise arithmetic around each matrix multiply into one kernel: at
-the published settings an action goes from ~8,600 operations to ~1,800 (matrix multiplies and
-fused kernels, counted on the CPU). On a GPU, ``mbdpo/execution.py`` records the compiled
-kernels in CUDA graphs; inductor itself runs without graphs (``mode=None``).
+(``DiffusionPlanner.denoise``: K-P candidates drawn, rolled out H steps, scored with the
+step's P policy candidates, the elites averaged), the policy rollouts of all steps, drawn
+once per action (``DiffusionPlanner.policy_rollouts``), and the update's losses
+(``MBDPO._model_losses`` and the policy prior's ``MBDPO._pi_loss``: forward and, through
+AOTAutograd, backward). Inductor fuses the layer norms, activations and element-wise
+arithmetic around each matrix multiply into one kernel: at the published settings an action
+goes from ~7,500 operations to ~900 (matrix multiplies and fused kernels, counted on the CPU:
+docs/performance.md). On a GPU, ``mbdpo/execution.py`` records the compiled kernels in CUDA
+graphs; inductor itself runs without graphs (``mode=None``).
 
 Why compile one denoising step and not the whole plan: the N-1 steps unrolled make a graph N-1
 times larger whose compilation took ~4 min on this 2-core CPU for no measurable gain over the

@@ -54,11 +54,14 @@ def accelerate(agent, chosen: Paths, data_parallel: bool):
     """Wrap the agent's hot functions as ``chosen`` says; returns (plan_fn, update_fn).
 
     Compiled pieces are installed on the agent and its planner in place (the denoising step
-    ``planner.denoise``, the losses ``agent._model_losses`` and ``agent._pi_loss``), so
+    ``planner.denoise`` and the policy rollouts of all steps ``planner.policy_rollouts``, the
+    losses ``agent._model_losses`` and ``agent._pi_loss``), so
     that the whole-call functions, eager or graphed, call the compiled kernels."""
     if chosen.compile:
         agent.planner.denoise = Compiled(agent.planner.denoise,
                                          label="the planner's denoising step")
+        agent.planner.policy_rollouts = Compiled(agent.planner.policy_rollouts,
+                                                 label="the planner's policy rollouts")
         if not data_parallel:
             agent._model_losses = Compiled(agent._model_losses, label="the world-model losses")
             agent._pi_loss = Compiled(agent._pi_loss, label="the policy prior's loss")
@@ -76,5 +79,6 @@ def graphed(fns) -> list[Graphed]:
 
 def compiled(agent) -> list[Compiled]:
     """The compiled pieces of ``agent`` (empty when compile is off)."""
-    fns = (agent.planner.denoise, agent._model_losses, agent._pi_loss)
+    fns = (agent.planner.denoise, agent.planner.policy_rollouts, agent._model_losses,
+           agent._pi_loss)
     return [f for f in fns if isinstance(f, Compiled)]

@@ -37,59 +37,88 @@ class DiffusionPlanner:
         return self
 
     # -- the imagined return -----------------------------------------------------------
-    def returns(self, z: torch.Tensor, X: torch.Tensor, e, discount: torch.Tensor, mask=None,
-                num_pi: int = 0, heads=None):
-        """J(X) = Σ_t γ^t [R + η F̂](z_t, a_t) + γ^H Q_avg(z_H, π(z_H)) of every candidate, in
-        one pass and so under one draw of the Q pair: their ranking is never a matter of which
-        ensemble members scored them.
-
-        z: (S, E, L) start latents; X: (S, E, K, H, A) candidate plans; e: (S, E, 1, T) or
-        None; discount: (S, E, 1); mask: (S, E, 1, A) or None. ``num_pi`` policy-prior
-        candidates are put in front of X: their actions are drawn from π at each latent they
-        reach, in the same pass. ``heads``: the model's ``stacked_heads()`` (built here when
-        None). Returns J (S, E, num_pi + K) and the plans it scored (S, E, num_pi + K, H, A).
-        """
+    def rollout(self, z, e, discount, mask, heads, X=None, n: int = 0):
+        """H imagined steps from the start latents z (S, E, L) of the plans X (S, E, K, H, A),
+        or, with X None, of n rollouts of the policy prior (each action drawn from π at the
+        latent it reached). Returns (G, w, z_H, plans): G (S, E, K) = Σ_t γ^t [R + η F̂](z_t,
+        a_t), w (S, E, K) the weight γ^H of the terminal value (a rollout stops adding once
+        the termination head fires: 0 from then on), z_H (S, E, K, L) and the plans rolled
+        out (S, E, K, H, A). e: (S, E, 1, T) or None; discount: (S, E, 1); mask: (S, E, 1, A)
+        or None; ``heads``: the model's ``stacked_heads()``."""
         model = self.model
-        if heads is None:
-            heads = model.stacked_heads(energy=bool(self.eta))
-        z = z.unsqueeze(2).expand(-1, -1, num_pi + X.shape[2], -1)  # (S, E, P + K, L)
-        J = torch.zeros(z.shape[:3], device=X.device)
+        z = z.unsqueeze(2).expand(-1, -1, n if X is None else X.shape[2], -1)
+        G = torch.zeros(z.shape[:3], device=z.device)
         gamma = torch.ones_like(discount)
         alive = None
         acts = []
         for t in range(self.H):
-            a = X[:, :, :, t]
-            if num_pi:  # the policy-prior candidates act at their own imagined latents
-                a = torch.cat([model.pi(z[:, :, :num_pi], e, mask)[0], a], 2)
+            if X is None:
+                a = model.pi(z, e, mask)[0]
                 acts.append(a)
-            r, energy, z_next = model.step(z, a, e, heads)
+            else:
+                a = X[:, :, :, t]
+            r, energy, z = model.step(z, a, e, heads)
             if self.eta:
                 r = r + self.eta * energy
-            J = J + gamma * (r if alive is None else r * alive)
-            z = z_next
+            G = G + gamma * (r if alive is None else r * alive)
             gamma = gamma * discount
             if model.termination_head is not None:
                 fired = (model.termination_logit(z, e) > 0).float()
                 alive = (1 - fired) if alive is None else alive * (1 - fired)
-        a, _, _ = model.pi(z, e, mask)  # padded action dimensions masked, as everywhere
-        q = model.Q_avg(z, a, e)
-        J = J + gamma * (q if alive is None else q * alive)
-        return J, (torch.stack(acts, 3) if num_pi else X)
+        w = gamma.expand(G.shape) if alive is None else gamma * alive
+        return G, w, z, (torch.stack(acts, 3) if X is None else X)
+
+    def policy_rollouts(self, z, e, discount, mask, heads, n: int):
+        """n rollouts of the policy prior per environment, up to their terminal value: the
+        ``rollout`` of X None and the terminal action π(z_H), a tuple (G, w, z_H, a_H, plans)
+        that ``returns`` completes with the Q pair of the step that scores them.
+
+        A denoising step's P policy candidates are fresh draws that do not depend on the plan
+        being denoised: ``plan`` draws those of all N-1 steps in one call before it denoises
+        (P·(N-1) rows per layer instead of N-1 calls of P rows: on a GPU ~13 fewer kernels
+        per step, docs/performance.md). Each step still scores its own P, under its own Q
+        pair, with its K-P noisy candidates."""
+        G, w, z_H, plans = self.rollout(z, e, discount, mask, heads, n=n)
+        return G, w, z_H, self.model.pi(z_H, e, mask)[0], plans
+
+    def returns(self, z: torch.Tensor, X: torch.Tensor, e, discount: torch.Tensor, mask=None,
+                pi=None, heads=None):
+        """J(X) = Σ_t γ^t [R + η F̂](z_t, a_t) + γ^H Q_avg(z_H, π(z_H)) of every candidate,
+        the terminal values in one call and so under one draw of the Q pair: their ranking is
+        never a matter of which ensemble members scored them.
+
+        z: (S, E, L) start latents; X: (S, E, K, H, A) candidate plans; e: (S, E, 1, T) or
+        None; discount: (S, E, 1); mask: (S, E, 1, A) or None. ``pi``: policy-prior
+        candidates from ``policy_rollouts`` (P per environment), put in front of X and scored
+        with it. ``heads``: the model's ``stacked_heads()`` (built here when None). Returns J
+        (S, E, P + K) and the plans it scored (S, E, P + K, H, A).
+        """
+        model = self.model
+        if heads is None:
+            heads = model.stacked_heads(energy=bool(self.eta))
+        G, w, z_H, X = self.rollout(z, e, discount, mask, heads, X=X)
+        a_H = model.pi(z_H, e, mask)[0]  # padded action dimensions masked, as everywhere
+        if pi is not None:
+            G, w, z_H, a_H, X = (torch.cat(pair, 2) for pair in zip(pi, (G, w, z_H, a_H, X)))
+        return G + w * model.Q_avg(z_H, a_H, e), X
 
     # -- one denoising step --------------------------------------------------------------
-    def weighted_mean(self, z, e, mask, discount, x, abar, heads, with_spread: bool = False):
-        """Draw K candidates around x/sqrt(ᾱ) (the first P of them fresh rollouts of the
-        policy prior), score all of them in one call, return the softmax-weighted mean of the
-        elites X̄ (S, E, H, A). ``abar`` is a scalar or (S, E, 1, 1, 1); mask is (S, E, 1, A) or
-        None. ``with_spread`` (diagnostics, eager): also the elites' spread around X̄ (S, E),
-        the square root of their weighted mean squared distance per action entry. The
-        candidates' noise comes from each seed's stream."""
+    def weighted_mean(self, z, e, mask, discount, x, abar, heads, pi=None,
+                      with_spread: bool = False):
+        """Draw K candidates around x/sqrt(ᾱ), the first P of them the policy prior's
+        rollouts ``pi`` (drawn here when None), score all of them in one call, return the
+        softmax-weighted mean of the elites X̄ (S, E, H, A). ``abar`` is a scalar or (S, E, 1,
+        1, 1); mask is (S, E, 1, A) or None. ``with_spread`` (diagnostics, eager): also the
+        elites' spread around X̄ (S, E), the square root of their weighted mean squared
+        distance per action entry. The candidates' noise comes from each seed's stream."""
         E = x.shape[1]
+        if pi is None and self.P:  # the class's function: the instance's may be compiled
+            pi = DiffusionPlanner.policy_rollouts(self, z, e, discount, mask, heads, self.P)
         eps = self.model.noise.randn(E, self.K - self.P, self.H, self.A, device=x.device)
         X = (x.unsqueeze(2) / abar.sqrt() + ((1 - abar) / abar).sqrt() * eps).clamp(-1, 1)
         if mask is not None:
             X = X * mask.unsqueeze(2)
-        J, X = self.returns(z, X, e, discount, mask, num_pi=self.P, heads=heads)
+        J, X = self.returns(z, X, e, discount, mask, pi=pi, heads=heads)
         J = (J - J.mean(-1, keepdim=True)) / (row_std(J, keepdim=True) + 1e-6)
         elite_J, idx = torch.topk(J, self.num_elites, dim=-1)  # (S, E, n_elites)
         elites = torch.gather(X, 2, idx[..., None, None].expand(-1, -1, -1, self.H, self.A))
@@ -116,21 +145,29 @@ class DiffusionPlanner:
         the last step."""
         e, mask, discount = self._per_env(e, mask, discount)
         heads = self.model.stacked_heads(energy=bool(self.eta))  # once per action
+        steps = len(self.schedule)
+        pis = [None] * steps
+        if self.P:  # every step's P policy candidates, drawn in one call
+            rolled = self.policy_rollouts(z, e, discount, mask, heads, self.P * steps)
+            # (S, E, steps·P, ...) -> one (S, E, P, ...) per step, each contiguous
+            pis = list(zip(*(r.unflatten(2, (steps, self.P)).movedim(2, 0).contiguous()
+                             for r in rolled)))
         x = self.schedule[0][0].sqrt() * mu_warm
         last = None
-        for abar, alpha in self.schedule:
+        for (abar, alpha), pi in zip(self.schedule, pis):
             if spread:  # the class's eager step (the instance's may be compiled)
                 x_bar, last = DiffusionPlanner.weighted_mean(self, z, e, mask, discount, x,
-                                                             abar, heads, with_spread=True)
+                                                             abar, heads, pi, with_spread=True)
                 x = self.update_plan(x, x_bar, abar, alpha)
             else:
-                x = self.denoise(z, e, mask, discount, x, abar, alpha, heads)
+                x = self.denoise(z, e, mask, discount, x, abar, alpha, heads, pi)
         return (x.clamp(-1, 1), last) if spread else x.clamp(-1, 1)
 
-    def denoise(self, z, e, mask, discount, x, abar, alpha, heads):
+    def denoise(self, z, e, mask, discount, x, abar, alpha, heads, pi=None):
         """One denoising step x_τ -> x_τ-1 (ᾱ_τ = abar, α_τ = alpha): the elites' weighted mean
-        X̄, the Monte-Carlo score from it, the step. compile=true compiles this whole."""
-        return self.update_plan(x, self.weighted_mean(z, e, mask, discount, x, abar, heads),
+        X̄ (of the K-P noisy candidates and the P policy rollouts ``pi``), the Monte-Carlo
+        score from it, the step. compile=true compiles this whole."""
+        return self.update_plan(x, self.weighted_mean(z, e, mask, discount, x, abar, heads, pi),
                                 abar, alpha)
 
     @classmethod

@@ -1,4 +1,5 @@
 """The planner against known answers (docs/algorithm.md §3)."""
+import pytest
 import torch
 
 from mbdpo.noise import Noise
@@ -199,3 +200,50 @@ def test_policy_candidates_are_fresh_rollouts_at_every_denoising_step():
     # a policy candidate's J is its own return: -||X - 0||^2 summed over the horizon
     J, X = calls[0]
     torch.testing.assert_close(J[0, 0], -X[0, 0].pow(2).sum((-1, -2)))
+
+
+@pytest.mark.parametrize("episodic", [False, True])
+def test_policy_rollouts_drawn_before_denoising_score_as_their_own_plans(episodic):
+    """plan() draws the P policy candidates of all N-1 steps in one call (policy_rollouts)
+    before it denoises. Their partial returns, terminal weights and latents must be those of
+    the plans they hold rolled out like any candidate, and a step's J of them must be G + w ·
+    Q_avg(z_H, π(z_H)) beside the other candidates' J, in the same call. Real world model; two
+    Q members (so the Q pair is both, in some order)."""
+    from mbdpo.world_model import WorldModel
+    cfg = make_cfg("task=cartpole-balance", "model_size=1", "mlp_dim=64", "enc_dim=64",
+                   "latent_dim=32", "num_q=2", "device=cpu", action_dim=2)
+    cfg.episodic = episodic
+    model = WorldModel(cfg).eval()
+    planner = DiffusionPlanner(cfg, model)
+    torch.manual_seed(0)
+    obs = torch.randn(1, 3, 5)
+    if episodic:  # a termination head that ends about half the imagined rollouts
+        with torch.no_grad():
+            z, first = model.encode(obs, None).unsqueeze(2).expand(-1, -1, 10, -1), []
+            for _ in range(planner.H):
+                z = model.next(z, model.pi(z, None)[0], None)
+                first.append(model.termination_logit(z, None))
+            model.termination_head[-1].bias.sub_(torch.stack(first).amax(0).median())
+    with torch.no_grad():
+        z = model.encode(obs, None)
+        disc = torch.full((1, 3, 1), 0.97)
+        heads = model.stacked_heads()
+        pi = planner.policy_rollouts(z, None, disc, None, heads, 10)
+        G, w, z_H, a_H, plans = pi
+        assert plans.shape == (1, 3, 10, planner.H, 2) and a_H.shape == (1, 3, 10, 2)
+        G2, w2, z_H2, _ = planner.rollout(z, None, disc, None, heads, X=plans)
+        torch.testing.assert_close(G, G2)
+        torch.testing.assert_close(w, w2)
+        torch.testing.assert_close(z_H, z_H2)
+        if episodic:
+            assert 0 < (w == 0).float().mean() < 1  # some rollouts terminated, not all
+        else:
+            torch.testing.assert_close(w, torch.full_like(w, 0.97 ** planner.H))
+        X = torch.rand(1, 3, 6, planner.H, 2) * 2 - 1
+        torch.manual_seed(5)
+        J, scored = planner.returns(z, X, None, disc, pi=pi, heads=heads)
+        torch.manual_seed(5)
+        J_X, _ = planner.returns(z, X, None, disc, heads=heads)
+        assert J.shape == (1, 3, 16) and torch.equal(scored[:, :, :10], plans)
+        torch.testing.assert_close(J[..., 10:], J_X)
+        torch.testing.assert_close(J[..., :10], G + w * model.Q_avg(z_H, a_H, None))
