@@ -9,8 +9,10 @@ own process with a time limit taken from what is left of ``budget_s`` (default 4
 a part that hangs or fails costs only itself and what the budget cuts comes last:
 
 1. ``tests``: the CUDA tests (``pytest tests/test_agent.py -k "cuda or compiled"``).
-2. ``speed_<size>``: ``benchmarks/speed.py`` at the published planner and batch for eager fp32
-   and the default path (no speed flags), act and update ms, kernels per act, env steps/s with
+2. ``speed_<size>``: ``benchmarks/speed.py`` at the published planner and batch for eager
+   IEEE fp32 (``fp32+ieee``, the old default) and the default path (no speed flags: compiled
+   kernels in CUDA graphs, TF32 matmuls; ``speed.py variants=default+ieee`` separates the two),
+   act and update ms, kernels per act, env steps/s with
    1 and 8 environments (one update per environment step), sizes 5, 1 and 19; the first size
    also with 4 seeds in one agent (total env steps/s of S = 4 against S = 1).
 3. ``train``: ``scripts/train.py task=walker-walk steps=3000 seed_steps=1000`` with no speed
@@ -130,7 +132,7 @@ def main():
         if left() < 60:
             return
         path = os.path.join(tempfile.gettempdir(), f"gpu_check_speed_{size}.json")
-        cmd = [py, "benchmarks/speed.py", f"sizes={size}", "variants=fp32,default",
+        cmd = [py, "benchmarks/speed.py", f"sizes={size}", "variants=fp32+ieee,default",
                "num_envs=1,8", f"seeds={seeds}", f"device={device}", f"out={path}", *shrink]
         part = run(cmd, min(240, left() - 30), env)
         if part["rc"] == 0:

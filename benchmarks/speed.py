@@ -13,7 +13,9 @@ machine's fp32 and bf16 matrix-multiply throughput, for each model size and each
 A variant is the update's precision (fp32 | bf16), with ``+bf16plan`` for plan_precision=bf16
 (the planner's rollouts in bf16 too), ``+compile`` for compile=true and ``+graphs`` for
 cuda_graphs=true (each off unless named), or ``default``: the settings as a run without speed
-flags resolves them (on a GPU: compiled kernels in CUDA graphs; on the CPU: eager fp32). The
+flags resolves them (on a GPU: compiled kernels in CUDA graphs; on the CPU: eager fp32).
+``+ieee`` sets matmul_precision=highest: on a GPU float32 matmuls in IEEE float32 rather than
+the default TF32 (no effect on the CPU). The
 default list is fp32, bf16, fp32+compile, bf16+compile and bf16+bf16plan+compile, ``fp32``
 first: the baseline (fp32 eager) that the ratio columns divide by, measured in the same run.
 ``seeds=1,4`` measures each variant with S seeds trained as one batched agent (one action
@@ -117,17 +119,18 @@ def count_aten_ops(fn) -> int:
 
 
 def parse_variant(v: str) -> list[str]:
-    if v == "default":
-        return []
     precision, *flags = v.split("+")
+    ieee = ["matmul_precision=highest"] if "ieee" in flags else []
+    if precision == "default" and set(flags) <= {"ieee"}:
+        return ieee
     if precision not in ("fp32", "bf16", "auto") or not set(flags) <= {"compile", "bf16plan",
-                                                                        "graphs"}:
+                                                                        "graphs", "ieee"}:
         sys.exit(f"error: a variant is default, or fp32 or bf16 optionally with +bf16plan, "
-                 f"+compile and +graphs; got {v!r}.")
+                 f"+compile and +graphs, each optionally with +ieee; got {v!r}.")
     on = {True: "true", False: "false"}
     return [f"precision={precision}", f"compile={on['compile' in flags]}",
             f"cuda_graphs={on['graphs' in flags]}",
-            f"plan_precision={'bf16' if 'bf16plan' in flags else 'fp32'}"]
+            f"plan_precision={'bf16' if 'bf16plan' in flags else 'fp32'}"] + ieee
 
 
 # its own key=value settings (the others are settings of cfgs/config.yaml)
@@ -240,7 +243,7 @@ def main():
             online_steps = int(v)
         elif k == "out":
             out = os.path.abspath(v)
-        elif k in ("precision", "plan_precision", "compile", "cuda_graphs"):
+        elif k in ("precision", "plan_precision", "compile", "cuda_graphs", "matmul_precision"):
             sys.exit(f"error: {k} is set per variant: pass variants=... (e.g. bf16+compile).")
         else:
             overrides.append(a)

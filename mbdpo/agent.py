@@ -25,6 +25,7 @@ class MBDPO:
         self.seeds = [int(cfg.seed)] if seeds is None else [int(s) for s in seeds]
         self.S = len(self.seeds)
         self.device = torch.device(cfg.device)
+        execution.set_matmul_precision(cfg.get("matmul_precision", "high"), self.device)
         self.model = WorldModel(cfg, self.seeds).to(self.device)
         self.planner = DiffusionPlanner(cfg, self.model).to(self.device)
         m = self.model

@@ -235,6 +235,8 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
     for key in ("precision", "plan_precision"):
         _check(cfg.get(key, "fp32") in ("auto", "fp32", "bf16"), key, cfg.get(key),
                "expected auto, fp32 or bf16")
+    _check(cfg.get("matmul_precision", "high") in ("high", "highest"), "matmul_precision",
+           cfg.get("matmul_precision"), "expected high (TF32 on a CUDA GPU) or highest")
     _check(isinstance(cfg.seed_episodes, int) and cfg.seed_episodes >= 0, "seed_episodes",
            cfg.seed_episodes, "expected an integer >= 0")
     device = resolve_device(str(cfg.device))
@@ -342,6 +344,9 @@ def no_effect(cfg, raw: dict, given: set, script: str) -> list[str]:
     out = []
     if raw.get("cuda_graphs") is True and resolve_device(str(cfg.device)).type != "cuda":
         out.append("cuda_graphs=true has no effect off a GPU (CUDA graphs record GPU work).")
+    if "matmul_precision" in given and resolve_device(str(cfg.device)).type != "cuda":
+        out.append(f"matmul_precision={cfg.matmul_precision} has no effect off a GPU (it "
+                   "chooses TF32 or IEEE float32 for CUDA's matrix multiplies).")
     if "seed" in given and cfg.get("seeds") is not None:
         out.append(f"seed={cfg.seed} has no effect with seeds={list(cfg.seeds)}: the runs are "
                    "those of the seeds listed.")

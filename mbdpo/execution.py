@@ -50,6 +50,21 @@ def paths(cfg, device: torch.device) -> Paths:
                  graphs=resolve_flag(cfg.get("cuda_graphs", False), device, graphs=True))
 
 
+def set_matmul_precision(setting: str, device: torch.device) -> None:
+    """``matmul_precision`` on a CUDA device: ``high`` multiplies float32 matrices in TF32 on
+    Ampere or newer GPUs (what the published code sets for its whole process with
+    ``torch.set_float32_matmul_precision("high")``), ``highest`` in IEEE float32. Only CUDA's
+    flag is set: torch's global setting would also move oneDNN's float32 matmuls on the CPU to
+    a reduced precision where the CPU has one (it sets ``torch.backends.mkldnn`` too)."""
+    if device.type != "cuda":
+        return
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = "tf32" if setting == "high" else "ieee"
+    else:
+        matmul.allow_tf32 = setting == "high"
+
+
 def accelerate(agent, chosen: Paths, data_parallel: bool):
     """Wrap the agent's hot functions as ``chosen`` says; returns (plan_fn, update_fn).
 

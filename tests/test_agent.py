@@ -378,6 +378,34 @@ def test_speed_paths_default_to_compiled_graphs_on_a_gpu_and_eager_on_the_cpu():
     assert agent.paths == Paths(compile=True, graphs=False) and agent.plan_fn == agent._plan
 
 
+def test_matmul_precision_sets_cuda_tf32_as_the_published_code_and_leaves_the_cpu_alone():
+    """matmul_precision=high (the default) is the published code's
+    torch.set_float32_matmul_precision("high") for CUDA: TF32 matmuls; highest: IEEE. The
+    CPU's oneDNN precision (which torch's global setting would also move) is never touched,
+    nor anything on a CPU run. The flag itself can be set without a GPU."""
+    from mbdpo.config import ConfigError, no_effect
+    from tests.conftest import TINY
+    cuda, mkldnn = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+    before = (cuda.fp32_precision, mkldnn.fp32_precision)
+    try:
+        cuda.fp32_precision = "ieee"
+        execution.set_matmul_precision("high", torch.device("cpu"))
+        MBDPO(make_cfg("task=cartpole-balance", *TINY[:7], "device=cpu"))
+        assert (cuda.fp32_precision, mkldnn.fp32_precision) == ("ieee", before[1])
+        execution.set_matmul_precision("high", torch.device("cuda"))
+        assert (cuda.fp32_precision, mkldnn.fp32_precision) == ("tf32", before[1])
+        execution.set_matmul_precision("highest", torch.device("cuda"))
+        assert cuda.fp32_precision == "ieee"
+    finally:
+        cuda.fp32_precision, mkldnn.fp32_precision = before
+    cfg = make_cfg("task=cartpole-balance", "matmul_precision=highest", "device=cpu")
+    assert no_effect(cfg, {}, {"matmul_precision"}, "train.py") == [
+        "matmul_precision=highest has no effect off a GPU (it chooses TF32 or IEEE float32 "
+        "for CUDA's matrix multiplies)."]
+    with pytest.raises(ConfigError, match="matmul_precision='medium': expected high"):
+        make_cfg("task=cartpole-balance", "matmul_precision=medium")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graphs_and_compiled_graphs_match_eager(eager_random):
     """On a GPU the graphed update and planner, and the default path (compiled kernels in
@@ -385,13 +413,14 @@ def test_cuda_graphs_and_compiled_graphs_match_eager(eager_random):
     replays follow), nothing falling back. Tolerances: losses 1e-4 relative; plans 1e-4
     absolute (actions in [-1, 1]): cuBLAS may take other algorithms inside a capture and
     inductor sums in another order, rounding differences that the N denoising steps carry
-    (seen: 1.9e-5 between eager and graphs on an H200)."""
+    (seen: 1.9e-5 between eager and graphs on an H200). In IEEE float32
+    (matmul_precision=highest): TF32 rounds each product to 10 mantissa bits."""
     results = {}
     for flags in (("false", "false"), ("false", "true"), ("auto", "auto")):
         cfg = make_cfg("task=cartpole-balance", "model_size=1", "diffusion_num_samples=64",
                        "diffusion_steps=5", "batch_size=32", "diffusion_num_elites=8",
                        "diffusion_num_pi_trajs=8", "device=cuda", f"compile={flags[0]}",
-                       f"cuda_graphs={flags[1]}")
+                       f"cuda_graphs={flags[1]}", "matmul_precision=highest")
         torch.manual_seed(0)
         agent = MBDPO(cfg)
         batch = fixed_batch(cfg)
