@@ -40,11 +40,14 @@ class MBDPO:
         # step without host syncs
         self.paths = execution.paths(cfg, self.device)
         self.graphs = self.paths.graphs
+        # Adam's fused kernel where torch has one (a single multi-tensor kernel per step on a
+        # GPU instead of ~a dozen foreach launches; ~3x faster than the per-tensor loop here)
+        self.fused = True if self.device.type in ("cpu", "cuda") else None
         self.optim = torch.optim.Adam(
             [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr,
-            capturable=self.graphs)
+            capturable=self.graphs, fused=self.fused)
         self.pi_optim = torch.optim.Adam(m.pi_head.parameters(), lr=cfg.lr, eps=1e-5,
-                                         capturable=self.graphs)
+                                         capturable=self.graphs, fused=self.fused)
         self.scale = RunningScale(cfg.tau, self.S).to(self.device)
         self.discounts = torch.tensor(list(cfg.discounts), device=self.device)
         self.rho = cfg.rho ** torch.arange(cfg.horizon + 1, device=self.device, dtype=torch.float)
@@ -373,8 +376,8 @@ class MBDPO:
         self.model.load_state_dict(state["model"])
         for opt, name in ((self.optim, "optim"), (self.pi_optim, "pi_optim")):
             opt.load_state_dict(_optim_with_seed_dim(state[name], opt))
-            set_capturable(opt, self.graphs, self.device)  # a checkpoint from a CPU run on a
-            # GPU, or back
+            set_capturable(opt, self.graphs, self.device, self.fused)  # a checkpoint from a
+            # CPU run on a GPU, or back, or from before the fused kernel
         for fn in execution.graphed((self.update_fn, self.plan_fn)):  # graphs hold the old
             fn.reset()                                                   # optimiser state
         self.scale.load_state_dict(state["scale"])
@@ -450,14 +453,18 @@ class _Forward(torch.nn.Module):
         return self.fn(*args)
 
 
-def set_capturable(opt: torch.optim.Optimizer, capturable: bool, device) -> None:
-    """Make an optimiser loaded from any checkpoint step the way this agent steps: with
-    ``capturable`` (inside a CUDA graph) its step counters live on the device, else on the CPU."""
+def set_capturable(opt: torch.optim.Optimizer, capturable: bool, device,
+                   fused: bool | None = None) -> None:
+    """Make an optimiser loaded from any checkpoint step the way this agent steps (a
+    checkpoint's param groups carry the saving run's flags): with ``capturable`` (inside a CUDA
+    graph) or ``fused`` its step counters live on the device, else on the CPU."""
     for group in opt.param_groups:
-        group["capturable"] = capturable
+        group["capturable"], group["fused"] = capturable, fused
+        if fused:
+            group["foreach"] = None  # fused and foreach exclude each other
     for st in opt.state.values():
         if "step" in st:
-            st["step"] = st["step"].to(device if capturable else "cpu", torch.float32)
+            st["step"] = st["step"].to(device if capturable or fused else "cpu", torch.float32)
 
 
 def stack_seeds(batches: list[dict]) -> dict:
