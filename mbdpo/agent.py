@@ -40,9 +40,11 @@ class MBDPO:
         # step without host syncs
         self.paths = execution.paths(cfg, self.device)
         self.graphs = self.paths.graphs
-        # Adam's fused kernel where torch has one (a single multi-tensor kernel per step on a
-        # GPU instead of ~a dozen foreach launches; ~3x faster than the per-tensor loop here)
-        self.fused = True if self.device.type in ("cpu", "cuda") else None
+        # Adam's fused kernel on a GPU: one multi-tensor kernel per step instead of the foreach
+        # path's ~dozen launches. Not on the CPU, though 3x faster there: its vectorised body
+        # and scalar tail round differently, so a seed's slice of a batched parameter stepped
+        # otherwise than the same seed's own run (tests/test_seed_runs.py failed with it)
+        self.fused = True if self.device.type == "cuda" else None
         self.optim = torch.optim.Adam(
             [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr,
             capturable=self.graphs, fused=self.fused)
@@ -458,10 +460,8 @@ def set_capturable(opt: torch.optim.Optimizer, capturable: bool, device,
     """Make an optimiser loaded from any checkpoint step the way this agent steps (a
     checkpoint's param groups carry the saving run's flags): with ``capturable`` (inside a CUDA
     graph) or ``fused`` its step counters live on the device, else on the CPU."""
-    for group in opt.param_groups:
-        group["capturable"], group["fused"] = capturable, fused
-        if fused:
-            group["foreach"] = None  # fused and foreach exclude each other
+    for group in opt.param_groups:  # (fused and foreach exclude each other)
+        group["capturable"], group["fused"], group["foreach"] = capturable, fused, None
     for st in opt.state.values():
         if "step" in st:
             st["step"] = st["step"].to(device if capturable or fused else "cpu", torch.float32)

@@ -326,10 +326,10 @@ def test_model_sizes_match_the_paper():
 
 
 def test_checkpoint_from_a_cuda_graph_run_loads_on_cpu(tmp_path):
-    """A GPU run with CUDA graphs saves capturable optimisers, and a run from before the
-    fused Adam kernel saved foreach ones; on the CPU they step fused as usual, and give the
-    same numbers as an agent that never saw the flags (bit for bit: both on the CPU, whatever
-    device=auto would pick; CUDA's atomics make two equal runs differ there)."""
+    """A GPU run with CUDA graphs saves capturable fused optimisers (another run foreach
+    ones); on the CPU they step as this agent's own do, and give the same numbers as an agent
+    that never saw the flags (bit for bit: both on the CPU, whatever device=auto would pick;
+    CUDA's atomics make two equal runs differ there)."""
     small_cfg = make_cfg("task=cartpole-balance", "model_size=1", "diffusion_num_samples=64",
                          "diffusion_steps=5", "batch_size=32", "diffusion_num_elites=8",
                          "diffusion_num_pi_trajs=8", "device=cpu")
@@ -344,13 +344,14 @@ def test_checkpoint_from_a_cuda_graph_run_loads_on_cpu(tmp_path):
     gpu_like = ckpt.load(path)
     for opt in ("optim", "pi_optim"):
         for group in gpu_like["agent"][opt]["param_groups"]:
-            group.update(capturable=True, fused=None, foreach=True)
+            group.update(capturable=True, fused=True, foreach=False)
     plain, other = MBDPO(small_cfg), MBDPO(small_cfg)
     plain.load_state_dict(ckpt.load(path)["agent"])
     other.load_state_dict(gpu_like["agent"])
     groups = other.optim.param_groups + other.pi_optim.param_groups
     assert not any(g["capturable"] for g in groups)
-    assert all(g["fused"] and not g["foreach"] for g in groups)
+    own = MBDPO(small_cfg).optim.param_groups[0]
+    assert all((g["fused"], g["foreach"]) == (own["fused"], own["foreach"]) for g in groups)
     assert all(s["step"].device.type == "cpu" and s["step"].item() == 2
                for s in other.optim.state.values())
     ckpt.set_rng_state(gpu_like["rng"])
