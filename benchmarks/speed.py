@@ -45,6 +45,7 @@ import torch._inductor.config as inductor_config  # noqa: E402
 from mbdpo.agent import MBDPO, stack_seeds  # noqa: E402
 from mbdpo.config import num_params  # noqa: E402
 from mbdpo.envs import make_env  # noqa: E402
+from mbdpo.execution import count_aten_ops, count_kernels  # noqa: E402
 from mbdpo.replay import EpisodeReplay  # noqa: E402
 from mbdpo.trainers.base import code_version  # noqa: E402
 from mbdpo.trainers.task_dims import fill_env_dims  # noqa: E402
@@ -77,45 +78,6 @@ def matmul_gflops(device, dtype=torch.float32, n: int = 2048, reps: int = 5) -> 
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3 / timed(lambda: a @ b, device, reps) / 1e9
-
-
-def count_kernels(fn, device) -> int:
-    """Kernels ``fn()`` launches: on a GPU the profiler's CUDA activities (kernels, copies),
-    on the CPU the top-level aten operations plus inductor's fused C++ kernels."""
-    from torch.profiler import ProfilerActivity, profile
-    if device.type == "cuda":
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            fn()
-            torch.cuda.synchronize()
-        return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    count = 0
-    for event in prof.events():
-        kernel = event.name.startswith("aten::") or "cpp_fused" in event.name
-        parent = event.cpu_parent
-        while kernel and parent is not None:  # called from inside another kernel or aten op
-            if parent.name.startswith("aten::") or "cpp_fused" in parent.name:
-                kernel = False
-            parent = parent.cpu_parent
-        count += kernel
-    return count
-
-
-def count_aten_ops(fn) -> int:
-    """Top-level aten operations dispatched by ``fn()`` (those not called by another aten
-    operation); a compiled graph's fused kernels count as the operations they call."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    count = 0
-    for event in prof.events():
-        if event.name.startswith("aten::"):
-            parent = event.cpu_parent
-            while parent is not None and not parent.name.startswith("aten::"):
-                parent = parent.cpu_parent
-            count += parent is None
-    return count
 
 
 def parse_variant(v: str) -> list[str]:

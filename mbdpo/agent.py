@@ -378,7 +378,7 @@ class MBDPO:
         self.model.load_state_dict(state["model"])
         for opt, name in ((self.optim, "optim"), (self.pi_optim, "pi_optim")):
             opt.load_state_dict(_optim_with_seed_dim(state[name], opt))
-            set_capturable(opt, self.graphs, self.device, self.fused)  # a checkpoint from a
+            set_step_flags(opt, self.graphs, self.device, self.fused)  # a checkpoint from a
             # CPU run on a GPU, or back, or from before the fused kernel
         for fn in execution.graphed((self.update_fn, self.plan_fn)):  # graphs hold the old
             fn.reset()                                                   # optimiser state
@@ -455,7 +455,7 @@ class _Forward(torch.nn.Module):
         return self.fn(*args)
 
 
-def set_capturable(opt: torch.optim.Optimizer, capturable: bool, device,
+def set_step_flags(opt: torch.optim.Optimizer, capturable: bool, device,
                    fused: bool | None = None) -> None:
     """Make an optimiser loaded from any checkpoint step the way this agent steps (a
     checkpoint's param groups carry the saving run's flags): with ``capturable`` (inside a CUDA

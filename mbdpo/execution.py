@@ -24,6 +24,12 @@ stays eager there; the planner is still compiled and graphed.
 
 Every step falls back on its own: a failed compile warns once and runs that function eagerly;
 a failed capture warns once and runs the call uncaptured (still compiled).
+
+What a call launches, measured with torch's profiler (``benchmarks/speed.py``, the tests):
+``count_kernels`` (on a GPU the CUDA kernels; on the CPU the top-level aten operations plus
+inductor's fused kernels, named in the profiler when compiled with
+``torch._inductor.config.cpp.enable_kernel_profile``), ``count_aten_ops`` and ``host_reads``
+(operations that wait for a value on the host: inside a CUDA-graph capture they fail).
 """
 from __future__ import annotations
 
@@ -97,3 +103,62 @@ def compiled(agent) -> list[Compiled]:
     fns = (agent.planner.denoise, agent.planner.policy_rollouts, agent._model_losses,
            agent._pi_loss)
     return [f for f in fns if isinstance(f, Compiled)]
+
+
+def _top_level(events, counted):
+    """The events for which ``counted(name)`` holds and that no counted event called."""
+    for event in events:
+        if not counted(event.name):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not counted(parent.name):
+            parent = parent.cpu_parent
+        if parent is None:
+            yield event
+
+
+def _profiled(fn, cuda: bool = False):
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    return prof.events()
+
+
+def count_kernels(fn, device: torch.device) -> int:
+    """Kernels ``fn()`` launches: on a GPU the profiler's CUDA activities (kernels, copies),
+    on the CPU the top-level aten operations plus inductor's fused C++ kernels (views
+    included: the CPU cannot tell them apart)."""
+    if device.type == "cuda":
+        return sum(e.device_type == torch.autograd.DeviceType.CUDA
+                   for e in _profiled(fn, cuda=True))
+    return sum(1 for _ in _top_level(
+        _profiled(fn), lambda n: n.startswith("aten::") or "cpp_fused" in n))
+
+
+def count_aten_ops(fn) -> int:
+    """Top-level aten operations dispatched by ``fn()`` (those not called by another aten
+    operation); a compiled graph's fused kernels count as the operations they call."""
+    return sum(1 for _ in _top_level(_profiled(fn), lambda n: n.startswith("aten::")))
+
+
+# operations that read a tensor's value (or its number of nonzeros) back to the host
+HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero",
+              "aten::masked_select", "aten::_unique2", "aten::unique_dim", "aten::equal")
+
+
+def host_reads(fn, skip: str | None = None) -> list[str]:
+    """The host reads of ``fn()`` (names of ``HOST_READS`` operations), leaving out those
+    inside a profiler range whose name contains ``skip`` (e.g. ``"Optimizer.step"``)."""
+    reads = []
+    for event in _profiled(fn):
+        if event.name not in HOST_READS:
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not (skip and skip in parent.name):
+            parent = parent.cpu_parent
+        if parent is None:
+            reads.append(event.name)
+    return reads

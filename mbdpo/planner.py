@@ -82,7 +82,7 @@ class DiffusionPlanner:
         return G, w, z_H, self.model.pi(z_H, e, mask)[0], plans
 
     def returns(self, z: torch.Tensor, X: torch.Tensor, e, discount: torch.Tensor, mask=None,
-                pi=None, heads=None):
+                pi=None, heads=None, q_pair=None):
         """J(X) = Σ_t γ^t [R + η F̂](z_t, a_t) + γ^H Q_avg(z_H, π(z_H)) of every candidate,
         the terminal values in one call and so under one draw of the Q pair: their ranking is
         never a matter of which ensemble members scored them.
@@ -90,8 +90,9 @@ class DiffusionPlanner:
         z: (S, E, L) start latents; X: (S, E, K, H, A) candidate plans; e: (S, E, 1, T) or
         None; discount: (S, E, 1); mask: (S, E, 1, A) or None. ``pi``: policy-prior
         candidates from ``policy_rollouts`` (P per environment), put in front of X and scored
-        with it. ``heads``: the model's ``stacked_heads()`` (built here when None). Returns J
-        (S, E, P + K) and the plans it scored (S, E, P + K, H, A).
+        with it. ``heads``: the model's ``stacked_heads()`` (built here when None).
+        ``q_pair``: the two Q-ensemble members (S, 2) of the terminal values (drawn here
+        when None). Returns J (S, E, P + K) and the plans it scored (S, E, P + K, H, A).
         """
         model = self.model
         if heads is None:
@@ -100,13 +101,14 @@ class DiffusionPlanner:
         a_H = model.pi(z_H, e, mask)[0]  # padded action dimensions masked, as everywhere
         if pi is not None:
             G, w, z_H, a_H, X = (torch.cat(pair, 2) for pair in zip(pi, (G, w, z_H, a_H, X)))
-        return G + w * model.Q_avg(z_H, a_H, e), X
+        return G + w * model.Q_avg(z_H, a_H, e, idx=q_pair), X
 
     # -- one denoising step --------------------------------------------------------------
-    def weighted_mean(self, z, e, mask, discount, x, abar, heads, pi=None,
+    def weighted_mean(self, z, e, mask, discount, x, abar, heads, pi=None, q_pair=None,
                       with_spread: bool = False):
         """Draw K candidates around x/sqrt(ᾱ), the first P of them the policy prior's
-        rollouts ``pi`` (drawn here when None), score all of them in one call, return the
+        rollouts ``pi`` (drawn here when None), score all of them in one call (under the Q
+        pair ``q_pair``, drawn here when None), return the
         softmax-weighted mean of the elites X̄ (S, E, H, A). ``abar`` is a scalar or (S, E, 1,
         1, 1); mask is (S, E, 1, A) or None. ``with_spread`` (diagnostics, eager): also the
         elites' spread around X̄ (S, E), the square root of their weighted mean squared
@@ -118,7 +120,7 @@ class DiffusionPlanner:
         X = (x.unsqueeze(2) / abar.sqrt() + ((1 - abar) / abar).sqrt() * eps).clamp(-1, 1)
         if mask is not None:
             X = X * mask.unsqueeze(2)
-        J, X = self.returns(z, X, e, discount, mask, pi=pi, heads=heads)
+        J, X = self.returns(z, X, e, discount, mask, pi=pi, heads=heads, q_pair=q_pair)
         J = (J - J.mean(-1, keepdim=True)) / (row_std(J, keepdim=True) + 1e-6)
         elite_J, idx = torch.topk(J, self.num_elites, dim=-1)  # (S, E, n_elites)
         elites = torch.gather(X, 2, idx[..., None, None].expand(-1, -1, -1, self.H, self.A))
@@ -152,23 +154,26 @@ class DiffusionPlanner:
             # (S, E, steps·P, ...) -> one (S, E, P, ...) per step, each contiguous
             pis = list(zip(*(r.unflatten(2, (steps, self.P)).movedim(2, 0).contiguous()
                              for r in rolled)))
+        # every step's Q pair, drawn at once: (S, 2) per step, each contiguous
+        pairs = self.model.Q_pairs(steps, device=z.device).transpose(0, 1).contiguous().unbind()
         x = self.schedule[0][0].sqrt() * mu_warm
         last = None
-        for (abar, alpha), pi in zip(self.schedule, pis):
+        for (abar, alpha), pi, pair in zip(self.schedule, pis, pairs):
             if spread:  # the class's eager step (the instance's may be compiled)
-                x_bar, last = DiffusionPlanner.weighted_mean(self, z, e, mask, discount, x,
-                                                             abar, heads, pi, with_spread=True)
+                x_bar, last = DiffusionPlanner.weighted_mean(
+                    self, z, e, mask, discount, x, abar, heads, pi, pair, with_spread=True)
                 x = self.update_plan(x, x_bar, abar, alpha)
             else:
-                x = self.denoise(z, e, mask, discount, x, abar, alpha, heads, pi)
+                x = self.denoise(z, e, mask, discount, x, abar, alpha, heads, pi, pair)
         return (x.clamp(-1, 1), last) if spread else x.clamp(-1, 1)
 
-    def denoise(self, z, e, mask, discount, x, abar, alpha, heads, pi=None):
+    def denoise(self, z, e, mask, discount, x, abar, alpha, heads, pi=None, q_pair=None):
         """One denoising step x_τ -> x_τ-1 (ᾱ_τ = abar, α_τ = alpha): the elites' weighted mean
-        X̄ (of the K-P noisy candidates and the P policy rollouts ``pi``), the Monte-Carlo
-        score from it, the step. compile=true compiles this whole."""
-        return self.update_plan(x, self.weighted_mean(z, e, mask, discount, x, abar, heads, pi),
-                                abar, alpha)
+        X̄ (of the K-P noisy candidates and the P policy rollouts ``pi``, scored under the Q
+        pair ``q_pair``), the Monte-Carlo score from it, the step. compile=true compiles this
+        whole."""
+        x_bar = self.weighted_mean(z, e, mask, discount, x, abar, heads, pi, q_pair)
+        return self.update_plan(x, x_bar, abar, alpha)
 
     @classmethod
     def update_plan(cls, x, x_bar, abar, alpha):

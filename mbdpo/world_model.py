@@ -224,14 +224,22 @@ class WorldModel(nn.Module):
         out = net(x.reshape(S, -1, x.shape[-1]), idx, detach=detach, noise=self.noise)
         return out.view(S, out.shape[1], *lead, -1)
 
-    def Q_two(self, z, a, e, target=False, detach=False):
-        """Values of two ensemble members drawn at random for each seed: (S, 2, ...)."""
+    def Q_pairs(self, n: int | None = None, device=None) -> torch.Tensor:
+        """Two ensemble members drawn at random for each seed, (S, 2); with ``n``, n
+        independent draws at once, (S, n, 2)."""
+        shape = (self.cfg.num_q,) if n is None else (n, self.cfg.num_q)
         # argsort of uniform draws: a random permutation from graph-safe generators
-        idx = self.noise.rand(self.cfg.num_q, device=z.device).argsort(-1)[:, :2]
+        return self.noise.rand(*shape, device=device).argsort(-1)[..., :2]
+
+    def Q_two(self, z, a, e, target=False, detach=False, idx=None):
+        """Values of the ensemble members ``idx`` (S, 2), by default a pair drawn at random
+        for each seed (``Q_pairs``): (S, 2, ...)."""
+        if idx is None:
+            idx = self.Q_pairs(device=z.device)
         return self.two_hot.decode(self.Q_logits(z, a, e, idx, target=target, detach=detach))
 
-    def Q_avg(self, z, a, e, detach=False):
-        return self.Q_two(z, a, e, detach=detach).mean(1)
+    def Q_avg(self, z, a, e, detach=False, idx=None):
+        return self.Q_two(z, a, e, detach=detach, idx=idx).mean(1)
 
     def Q_min_target(self, z, a, e):
         return self.Q_two(z, a, e, target=True).min(1).values

@@ -44,7 +44,10 @@ class QuadraticModel:
     def step(self, z, a, e, heads):
         return self.reward(z, a, e), self.energy(z, a, e), self.next(z, a, e)
 
-    def Q_avg(self, z, a, e):
+    def Q_pairs(self, n=None, device=None):  # (S, [n,] 2); its values are all zero
+        return torch.zeros(1, *(() if n is None else (n,)), 2, dtype=torch.long)
+
+    def Q_avg(self, z, a, e, idx=None):
         return torch.zeros(z.shape[:-1])
 
     def pi(self, z, e, mask=None):
@@ -141,13 +144,17 @@ def test_warm_start_is_used():
 
 
 class OffsetValueModel(QuadraticModel):
-    """The quadratic model whose terminal value is a large offset drawn anew at every call
-    (one per seed, from the seed's stream, as the real model draws its Q pair), as
-    different pairs of Q members would give: candidates scored in separate calls would be
-    ranked by the offsets, not by their returns. Its policy prior proposes zero plans."""
+    """The quadratic model whose terminal value is a large offset that stands for the Q pair:
+    drawn at random (one per seed, from the seed's stream, as the real model draws its
+    pairs), anew for every step of the planner, as different pairs of Q members would give:
+    candidates scored under separate draws would be ranked by the offsets, not by their
+    returns. Its policy prior proposes zero plans."""
 
-    def Q_avg(self, z, a, e):
-        offset = 50.0 * self.noise.randn()  # (S,)
+    def Q_pairs(self, n=None, device=None):  # the "pair" is the offset: (S, [n,] 2)
+        return 50.0 * self.noise.randn(*(() if n is None else (n,)), 2)
+
+    def Q_avg(self, z, a, e, idx=None):
+        offset = (self.Q_pairs() if idx is None else idx)[:, 0]  # (S,)
         return offset.view(-1, *[1] * (z.dim() - 2)).expand(z.shape[:-1])
 
 
