@@ -414,8 +414,8 @@ def clip_grad_norm_per_seed(params, max_norm: float) -> torch.Tensor:
     total = torch.stack([torch.linalg.vector_norm(torch.stack(norms[s * len(grads):(s + 1) * len(
         grads)])) for s in range(S)])
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(coef.view(S, *[1] * (g.dim() - 1)))
+    for s in range(S):  # one multi-tensor kernel per seed on a GPU (not one per parameter)
+        torch._foreach_mul_([g[s] for g in grads], coef[s])
     return total
 
 

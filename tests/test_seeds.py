@@ -151,3 +151,30 @@ def test_a_checkpoint_from_before_the_seed_dimension_loads():
     a = agent.act(obs, t0, eval_mode=True)
     torch.manual_seed(4)
     assert torch.equal(other.act(obs, t0, eval_mode=True), a)
+
+
+def test_gradients_are_clipped_per_seed_as_torch_clips_each_seed_alone():
+    """``clip_grad_norm_per_seed``: each seed's slices of all gradients are scaled as
+    ``torch.nn.utils.clip_grad_norm_`` scales that seed's gradients alone, to the bit: seed 0
+    over the limit (scaled to norm 1), seed 1 under it and seed 2 at zero (both unchanged);
+    the norms before clipping are returned per seed."""
+    from mbdpo.agent import clip_grad_norm_per_seed
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4, 5), (3, 7), (3, 2, 3, 3)]
+    params = [torch.zeros(s, requires_grad=True) for s in shapes]
+    for p, scale in zip(params, (1.0, 2.0, 0.5)):
+        p.grad = torch.randn(p.shape, generator=g) * scale
+        p.grad[1] *= 0.01
+        p.grad[2] = 0
+    alone = [[torch.zeros(p.shape[1:], requires_grad=True) for p in params] for _ in range(3)]
+    for s, ps in enumerate(alone):
+        for p, q in zip(params, ps):
+            q.grad = p.grad[s].clone()
+    norms = clip_grad_norm_per_seed(params, max_norm=1.0)
+    for s, ps in enumerate(alone):
+        assert torch.equal(norms[s], torch.nn.utils.clip_grad_norm_(ps, max_norm=1.0))
+        for p, q in zip(params, ps):
+            assert torch.equal(p.grad[s], q.grad)
+    assert norms[0] > 1 > norms[1] > 0 == norms[2]
+    seed0 = torch.cat([p.grad[0].flatten() for p in params]).norm()
+    assert abs(seed0.item() - 1.0) < 1e-5
