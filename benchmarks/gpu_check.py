@@ -20,6 +20,15 @@ a part that hangs or fails costs only itself and what the budget cuts comes last
    stepping, updating; and the whole run's), the return.
 4. ``parallel``: four such runs at once (1,500 steps each, ``threads`` shared out): the sum
    of their last episodes' env steps/s.
+5. ``learning``: does the fast path learn as eager does (issue 30, point 3)? Seeds 1 and 2 of
+   walker-walk (``seeds=[1,2]``, one process), ``train_steps`` steps and an evaluation of 2
+   episodes at the end, twice at once: the default path and ``compile=false`` (CUDA graphs of
+   the eager operations, the same arithmetic as eager: plain eager at ~3.5 env steps/s would
+   not fit the budget). Verdict ``within_seed_noise``: the two paths' mean evaluation returns
+   differ by no more than the larger of the two paths' spreads between their seeds.
+
+``parts=`` runs a subset (e.g. ``parts=learning out=...`` in a second call for what the budget
+cut from the first).
 
 Writes ``benchmarks/results/gpu_check.json`` (``out=PATH`` elsewhere) after every part: device,
 torch, commit, each part's figures, output tail and seconds. ``tiny=true`` shrinks every
@@ -63,6 +72,41 @@ def run(cmd: list[str], timeout: float, env=None) -> dict:
             "tail": out[-4000:]}
 
 
+def run_at_once(cmds: list[list[str]], timeout: float, env=None) -> dict:
+    """``cmds`` as processes at once in ROOT, each ended at ``timeout`` s: rc 0 when all end
+    with 0 (else their codes), seconds, each output's last 1,000 chars."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for cmd in cmds]
+    rcs, tails = [], []
+    for p in procs:
+        try:
+            o, _ = p.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            o, _ = p.communicate()
+        rcs.append(p.returncode)
+        tails.append((o or "")[-1000:])
+    return {"rc": 0 if all(rc == 0 for rc in rcs) else rcs,
+            "seconds": round(time.perf_counter() - t, 1), "tail": "\n".join(tails)}
+
+
+def eval_return(run_dir: str) -> float:
+    """The mean return of a run's last evaluation (its eval.csv)."""
+    with open(os.path.join(run_dir, "eval.csv")) as f:
+        return float(list(csv.DictReader(f))[-1]["episode_reward"])
+
+
+def learning_verdict(returns: dict[str, list[float]]) -> dict:
+    """Two paths' evaluation returns per seed: their means, their spreads between seeds, and
+    whether the means differ by no more than the larger spread (within seed noise)."""
+    mean = {k: sum(v) / len(v) for k, v in returns.items()}
+    spread = {k: max(v) - min(v) for k, v in returns.items()}
+    a, b = mean.values()
+    return {"eval_returns": returns, "mean": mean, "seed_spread": spread,
+            "within_seed_noise": abs(a - b) <= max(spread.values())}
+
+
 def train_rate(run_dir: str) -> dict:
     """Env steps/s of a run from its train.csv: the last episode's, and the whole run's."""
     with open(os.path.join(run_dir, "train.csv")) as f:
@@ -79,7 +123,8 @@ def train_rate(run_dir: str) -> dict:
 
 # its key=value settings (no others: it runs where this project's dependencies may not be)
 KEYS, PASSES_CONFIG = ("device", "budget_s", "tiny", "out", "sizes", "train_steps",
-                       "parallel_runs"), False
+                       "parallel_runs", "parts"), False
+PARTS = ("tests", "speed", "train", "parallel", "learning")
 
 
 def main():
@@ -87,7 +132,11 @@ def main():
     unknown = set(args) - set(KEYS)
     if unknown:
         sys.exit(f"error: unknown argument(s) {', '.join(sorted(unknown))}: expected device=, "
-                 "budget_s=, tiny=true, out=, sizes=, train_steps=, parallel_runs=.")
+                 "budget_s=, tiny=true, out=, sizes=, train_steps=, parallel_runs=, parts=.")
+    parts = args.get("parts", ",".join(PARTS)).split(",")
+    if set(parts) - set(PARTS):
+        sys.exit(f"error: parts={args['parts']}: expected a comma-separated subset of "
+                 f"{','.join(PARTS)}.")
     import torch
 
     from mbdpo.trainers.base import code_version
@@ -126,10 +175,11 @@ def main():
                              if p]))
     tests = [py, "-m", "pytest", "-q", "tests/test_agent.py", "-k", "cuda or compiled",
              "-p", "no:cacheprovider"]
-    record("tests", run(tests, min(150, left()), env))
+    if "tests" in parts:
+        record("tests", run(tests, min(150, left()), env))
 
     def speed(size: int, seeds: str = "1") -> None:
-        if left() < 60:
+        if left() < 60 or "speed" not in parts:
             return
         path = os.path.join(tempfile.gettempdir(), f"gpu_check_speed_{size}.json")
         cmd = [py, "benchmarks/speed.py", f"sizes={size}", "variants=fp32+ieee,default",
@@ -151,31 +201,17 @@ def main():
              "eval_freq=1000000", "save_model_every=0", "log_freq=500", *shrink]
     if tiny:
         train.append("model_size=1")
-    if left() > 60:
+    if left() > 60 and "train" in parts:
         part = run(train + [f"steps={steps}", "exp_name=one"], min(200, left() - 20), env)
         if part["rc"] == 0:
             part.update(train_rate(os.path.join(work, "walker-walk", "1", "one")))
         record("train", part)
-    if left() > 60 and n_par > 1:
+    if left() > 60 and n_par > 1 and "parallel" in parts:
         threads = max(1, (os.cpu_count() or 2) // n_par)
-        t = time.perf_counter()
-        procs = [subprocess.Popen(train + [f"steps={steps // 2}", f"seed={s}", "exp_name=par",
-                                           f"threads={threads}"],
-                                  cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-                 for s in range(1, n_par + 1)]
-        rcs, tails = [], []
-        for p in procs:
-            try:
-                o, _ = p.communicate(timeout=max(1.0, left() - 10))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                o, _ = p.communicate()
-            rcs.append(p.returncode)
-            tails.append((o or "")[-1000:])
-        part = {"rc": 0 if all(rc == 0 for rc in rcs) else rcs, "runs": n_par,
-                "threads_each": threads, "seconds": round(time.perf_counter() - t, 1),
-                "tail": "\n".join(tails)}
+        part = run_at_once([train + [f"steps={steps // 2}", f"seed={s}", "exp_name=par",
+                                     f"threads={threads}"] for s in range(1, n_par + 1)],
+                           left() - 10, env)
+        part.update(runs=n_par, threads_each=threads)
         if part["rc"] == 0:
             rates = [train_rate(os.path.join(work, "walker-walk", str(s), "par"))
                      for s in range(1, n_par + 1)]
@@ -186,6 +222,19 @@ def main():
         record("parallel", part)
     for size in sizes[1:]:
         speed(size)
+    if left() > 60 and "learning" in parts:
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        paths = {"default": [], "eager_kernels": ["compile=false"]}
+        # one evaluation, at the last step
+        base = [a for a in train if not a.startswith("eval_freq=")] + [
+            f"steps={steps}", f"eval_freq={steps}", "seeds=[1,2]", f"threads={threads}"]
+        part = run_at_once([base + [f"exp_name=learn_{name}", *extra]
+                            for name, extra in paths.items()], left() - 10, env)
+        if part["rc"] == 0:
+            part.update(learning_verdict({name: [
+                eval_return(os.path.join(work, "walker-walk", str(s), f"learn_{name}"))
+                for s in (1, 2)] for name in paths}))
+        record("learning", part)
     print(f"wrote {out}")
 
 

@@ -34,4 +34,29 @@ def test_an_unknown_argument_is_one_sentence():
     assert out.returncode == 1
     assert out.stderr.strip() == ("error: unknown argument(s) budget: expected device=, "
                                   "budget_s=, tiny=true, out=, sizes=, train_steps=, "
-                                  "parallel_runs=.")
+                                  "parallel_runs=, parts=.")
+
+
+def test_an_unknown_part_is_one_sentence():
+    out = subprocess.run([sys.executable, SCRIPT, "parts=train,learn"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("error: parts=train,learn: expected a comma-separated "
+                                  "subset of tests,speed,train,parallel,learning.")
+
+
+def test_learning_verdict_compares_the_paths_means_with_their_seed_spread(tmp_path):
+    """Within seed noise: the means differ by no more than the larger spread between seeds."""
+    for name, value in (("a", 300.0), ("b", 340.0)):
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "eval.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["step", "episode_reward"], [0, 1.0], [3000, value]])
+    gpu_check = load_script()
+    a, b = (gpu_check.eval_return(str(tmp_path / n)) for n in "ab")
+    assert (a, b) == (300.0, 340.0)  # the last evaluation's
+    near = gpu_check.learning_verdict({"default": [a, b], "eager_kernels": [310.0, 360.0]})
+    assert near["mean"] == {"default": 320.0, "eager_kernels": 335.0}
+    assert near["seed_spread"] == {"default": 40.0, "eager_kernels": 50.0}
+    assert near["within_seed_noise"]  # 15 <= 50
+    far = gpu_check.learning_verdict({"default": [a, b], "eager_kernels": [400.0, 420.0]})
+    assert not far["within_seed_noise"]  # 90 > 40
