@@ -190,7 +190,7 @@ def main():
                 part["rows"] = [{k: r[k] for k in (
                     "model_size", "variant", "seeds", "steps_ratio_vs_first_seeds",
                     "compile", "cuda_graphs", "act_ms", "update_ms",
-                    "kernels_per_act", "aten_ops_per_act", "env_steps_per_s",
+                    "kernels_per_act", "kernels_per_update", "aten_ops_per_act", "env_steps_per_s",
                     "env_steps_per_s_by_num_envs", "first_call_s")} for r in json.load(f)["rows"]]
         record(f"speed_{size}", part)
 

@@ -20,9 +20,10 @@ default list is fp32, bf16, fp32+compile, bf16+compile and bf16+bf16plan+compile
 first: the baseline (fp32 eager) that the ratio columns divide by, measured in the same run.
 ``seeds=1,4`` measures each variant with S seeds trained as one batched agent (one action
 plans for all S, one update steps all S; ``steps/s`` counts every seed's steps, ``x seeds`` is
-the ratio to the first count). ``kernels/act`` counts what one action launches, graphs bypassed (a replay launches the same
-kernels from one call): on a GPU the profiler's CUDA kernels, on the CPU the top-level aten
-operations plus inductor's fused kernels. Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes
+the ratio to the first count). ``kernels/act`` and ``kernels/upd`` count what one action and
+one update launch, graphs bypassed (a replay launches the same kernels from one call): on a
+GPU the profiler's CUDA kernels, on the CPU the top-level aten operations plus inductor's fused
+kernels. Prints a table and writes benchmarks/results/speed.json (``out=PATH`` writes
 elsewhere). Other key=value pairs are config overrides (any key of cfgs/config.yaml).
 """
 from __future__ import annotations
@@ -152,6 +153,9 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
     agent.plan_fn = graphed
     act_flops = fc.get_total_flops()
     update_s = timed(lambda: agent.update(batch), device, reps=5)
+    graphed, agent.update_fn = agent.update_fn, agent._update  # the same, for one update
+    kernels_update = count_kernels(lambda: agent.update(batch), device)
+    agent.update_fn = graphed
 
     # a short online run with n environments: act for all n at once, step them, sample,
     # update once per environment step (utd 1)
@@ -176,7 +180,8 @@ def bench_size(size: int, variant: str, overrides: list[str], online_steps: int,
             "act_ms": 1e3 * act_s,
             "update_ms": 1e3 * update_s, "env_steps_per_s": online_sps[num_envs[0]],
             "env_steps_per_s_by_num_envs": online_sps,
-            "aten_ops_per_act": ops, "kernels_per_act": kernels, "first_call_s": first_s,
+            "aten_ops_per_act": ops, "kernels_per_act": kernels,
+            "kernels_per_update": kernels_update, "first_call_s": first_s,
             "compile": agent.paths.compile, "cuda_graphs": agent.paths.graphs,
             "act_gflop": act_flops / 1e9, "planner_gflops": act_flops / act_s / 1e9,
             "K": cfg.diffusion_num_samples, "N": cfg.diffusion_steps,
@@ -233,7 +238,7 @@ def main():
           f"x = time / the size's first variant's, same run")
     head = (f"{'size':>4} {'variant':>21} {'seeds':>5} {'act ms':>8} {'x':>5} {'update ms':>10} "
             f"{'x':>5} {'steps/s':>8} {'x seeds':>7} {'x' + str(num_envs[-1]) + ' envs':>8} "
-            f"{'kernels/act':>12} "
+            f"{'kernels/act':>12} {'kernels/upd':>12} "
             f"{'first call s':>13} {'GFLOP/act':>10} "
             f"{'GFLOP/s':>8} {'% fp32 mm':>10} {'% bf16 mm':>10}")
     print(head)
@@ -249,7 +254,8 @@ def main():
         print(f"{r['model_size']:>4} {r['variant']:>21} {r['seeds']:>5} {r['act_ms']:>8.1f} "
               f"{r['act_ratio']:>5.2f} {r['update_ms']:>10.1f} {r['update_ratio']:>5.2f} "
               f"{r['env_steps_per_s']:>8.2f} {r['steps_ratio_vs_first_seeds']:>7.2f} "
-              f"{r['env_steps_per_s_by_num_envs'][num_envs[-1]]:>8.2f} {r['kernels_per_act']:>12,} "
+              f"{r['env_steps_per_s_by_num_envs'][num_envs[-1]]:>8.2f} "
+              f"{r['kernels_per_act']:>12,} {r['kernels_per_update']:>12,} "
               f"{r['first_call_s']:>13.1f} {r['act_gflop']:>10.2f} {r['planner_gflops']:>8.1f} "
               f"{100 * r['planner_gflops'] / gemm['fp32']:>9.0f}% "
               f"{100 * r['planner_gflops'] / gemm['bf16']:>9.0f}%")
