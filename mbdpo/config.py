@@ -360,6 +360,13 @@ def no_effect(cfg, raw: dict, given: set, script: str) -> list[str]:
         if "save_model_every" in given and 0 < cfg.save_model_every >= cfg.steps:
             out.append(f"save_model_every={cfg.save_model_every:,} is not below steps="
                        f"{cfg.steps:,}: no <step>.pt is written, only final.pt.")
+        span = cfg.num_envs * cfg.episode_lengths[0]  # steps between episode boundaries
+        if "steps" in given and not cfg.multitask and cfg.steps % span:
+            envs = f", {cfg.num_envs} environments at once" if cfg.num_envs > 1 else ""
+            out.append(f"steps={cfg.steps:,} ends inside an episode ({cfg.task}'s are "
+                       f"{cfg.episode_lengths[0]:,} steps{envs}): the run goes on to the end of "
+                       f"the episodes under way (step {-(-cfg.steps // span) * span:,} at full "
+                       "length) and evaluates and saves there.")
         if "eval_freq" in given and cfg.eval_freq > cfg.steps:
             out.append(f"eval_freq={cfg.eval_freq:,} is above steps={cfg.steps:,}: the run "
                        "evaluates at its start and end only.")

@@ -452,6 +452,26 @@ def test_settings_that_have_no_effect_are_said_once():
     assert "note:" not in out.stdout and out.returncode == 2
 
 
+def test_steps_that_end_inside_an_episode_are_said_with_where_the_run_ends():
+    """Runs end where every environment ends its episode (evaluations and checkpoints fall
+    between episodes): a step count inside an episode is said with the step the run ends at;
+    a count on an episode boundary says nothing."""
+    from mbdpo.config import no_effect
+    from tests.conftest import make_cfg
+    cfg = make_cfg("task=walker-walk", "steps=300")
+    assert no_effect(cfg, {}, {"steps"}, "train.py") == [
+        "steps=300 ends inside an episode (walker-walk's are 500 steps): the run goes on to the "
+        "end of the episodes under way (step 500 at full length) and evaluates and saves there."]
+    cfg = make_cfg("task=walker-walk", "steps=2500", "num_envs=2")
+    assert no_effect(cfg, {}, {"steps", "num_envs"}, "train.py") == [
+        "steps=2,500 ends inside an episode (walker-walk's are 500 steps, 2 environments at "
+        "once): the run goes on to the end of the episodes under way (step 3,000 at full "
+        "length) and evaluates and saves there."]
+    for steps, envs in ((1000, 1), (2000, 2), (500, 1)):
+        cfg = make_cfg("task=walker-walk", f"steps={steps}", f"num_envs={envs}")
+        assert no_effect(cfg, {}, {"steps", "num_envs"}, "train.py") == []
+
+
 def test_no_effect_names_the_other_scripts_and_run_kinds_settings():
     from mbdpo.config import no_effect
     from tests.conftest import make_cfg
