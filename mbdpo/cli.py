@@ -19,28 +19,29 @@ def run(cfg, job):
     """parse_cfg(cfg), then job(cfg); a user's mistake exits with status 2 and one line.
     Ctrl-C or SIGTERM before a training loop takes them over (while environments start or a
     dataset is converted), or a second one, exits with status 130 and one line."""
-    import signal
-
     from omegaconf import OmegaConf
 
     from mbdpo.config import command_line_keys, no_effect
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
-    try:
-        raw = OmegaConf.to_container(cfg)
-        parsed = parse_cfg(cfg)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun: once
-            for line in no_effect(parsed, raw, command_line_keys(),
-                                  os.path.basename(sys.argv[0])):
-                print(f"note: {line}", flush=True)
-        return job(parsed)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-    except KeyboardInterrupt:
-        print("\nStopped at once: nothing more was saved; resume=true continues from the last "
-              "checkpoint, if any (a dataset conversion from the chunks it finished).",
-              file=sys.stderr, flush=True)
-        raise SystemExit(130)
+    from mbdpo.trainers.base import StopAtOnce
+    with StopAtOnce() as stop:
+        try:
+            raw = OmegaConf.to_container(cfg)
+            parsed = parse_cfg(cfg)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun: once
+                for line in no_effect(parsed, raw, command_line_keys(),
+                                      os.path.basename(sys.argv[0])):
+                    print(f"note: {line}", flush=True)
+            return job(parsed)
+        except USER_ERRORS as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+        except (KeyboardInterrupt, Exception) as err:
+            if not stop.stopped(err):
+                raise
+            print("\nStopped at once: nothing more was saved; resume=true continues from the "
+                  "last checkpoint, if any (a dataset conversion from the chunks it finished).",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(130)
 
 
 def check_overrides(argv: list[str], config_dir: str) -> None:

@@ -152,16 +152,13 @@ def run_job(cfg) -> dict:
     start = time.time()
     # until the training loop takes them over (while environments start), a stop signal
     # ends the job as Ctrl-C does, not the worker process
-    old_handlers = {s: signal.signal(s, signal.default_int_handler)
-                    for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        status = _train(cfg, spec, sweep, todo, name, pidfile, status)
-    except KeyboardInterrupt:  # before the run started (waiting for a GPU slot)
-        status.update(status="stopped", error=STOPPED)
-        open(os.path.join(sweep, STOP), "w").close()
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+    from mbdpo.trainers.base import StopAtOnce
+    with StopAtOnce() as stop:
+        try:
+            status = _train(cfg, spec, sweep, todo, name, pidfile, status, stop)
+        except KeyboardInterrupt:  # before the run started (waiting for a GPU slot)
+            status.update(status="stopped", error=STOPPED)
+            open(os.path.join(sweep, STOP), "w").close()
     status["minutes"] = round((time.time() - start) / 60, 2)
     returns = []
     for seed, folder in todo.items():
@@ -178,7 +175,7 @@ def run_job(cfg) -> dict:
     return mine
 
 
-def _train(cfg, spec, sweep, folders, name, pidfile, status) -> dict:
+def _train(cfg, spec, sweep, folders, name, pidfile, status, stop) -> dict:
     from omegaconf import open_dict
 
     from mbdpo.cli import USER_ERRORS
@@ -207,13 +204,14 @@ def _train(cfg, spec, sweep, folders, name, pidfile, status) -> dict:
             except USER_ERRORS as err:
                 print(f"error: {err}", flush=True)
                 status.update(status="failed", error=str(err))
-            except (KeyboardInterrupt, SystemExit) as err:
+            except (KeyboardInterrupt, SystemExit, Exception) as err:
+                if isinstance(err, Exception) and not stop.stopped(err):  # the table reports
+                    traceback.print_exc()  # it; the other jobs go on
+                    status.update(status="failed", error=f"{type(err).__name__}: {err}")
+                    return status
                 status.update(status="stopped", error=STOPPED)
                 if not isinstance(err, SystemExit) or err.code == 130:
                     open(os.path.join(sweep, STOP), "w").close()
-            except Exception as err:  # the table reports it; the other jobs go on
-                traceback.print_exc()
-                status.update(status="failed", error=f"{type(err).__name__}: {err}")
             finally:
                 with contextlib.suppress(OSError):
                     os.remove(pidfile)

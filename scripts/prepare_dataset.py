@@ -7,7 +7,6 @@ multi-task pretraining samples from. Run it once; an interrupted conversion resu
 Task ids are checked against the task set named by task= (or by the folder's name, e.g. mt80).
 """
 import os
-import signal
 import sys
 
 import hydra
@@ -37,16 +36,19 @@ def main(cfg):
         print("error: no dataset given: pass data_dir=<folder with the chunk_*.pt files>, e.g. "
               "data_dir=offline_dataset/mt80.", file=sys.stderr, flush=True)
         raise SystemExit(2)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
-    try:
-        job(cfg)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-    except KeyboardInterrupt:
-        print("\nStopped: the chunks converted so far are kept; run the same command again to "
-              "continue from them.", file=sys.stderr, flush=True)
-        raise SystemExit(130)
+    from mbdpo.trainers.base import StopAtOnce
+    with StopAtOnce() as stop:  # SIGTERM as Ctrl-C
+        try:
+            job(cfg)
+        except DatasetError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+        except (KeyboardInterrupt, Exception) as err:
+            if not stop.stopped(err):
+                raise
+            print("\nStopped: the chunks converted so far are kept; run the same command "
+                  "again to continue from them.", file=sys.stderr, flush=True)
+            raise SystemExit(130)
 
 
 if __name__ == "__main__":

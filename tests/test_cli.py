@@ -245,6 +245,37 @@ def test_sigterm_saves_checkpoint_then_resume(tmp_path):
     assert [int(r["step"]) for r in rows(os.path.join(run, "train.csv"))] == [500]
 
 
+STOP_IN_A_CLASS_BODY = """
+import os, signal, sys, time
+from mbdpo.cli import run
+from tests.conftest import make_cfg
+def job(cfg):
+    class Sends:  # as torch importing torch._dynamo while the agent is built
+        def __set_name__(self, owner, name):
+            if sys.argv[1] == "signal":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            raise RuntimeError("a bug")
+    class Body:
+        x = Sends()
+run(make_cfg("task=cartpole-balance", parse=False), job)
+"""
+
+
+def test_a_stop_that_code_turns_into_another_error_still_stops_at_once():
+    """SIGTERM before the loop takes it over, while a class body's __set_name__ runs: Python
+    3.11 turns the KeyboardInterrupt into a RuntimeError (CI saw it while torch imported
+    torch._dynamo); the run still ends at once with status 130 and the stop's sentence. The
+    same error with no signal is still a traceback."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    stopped, bug = (subprocess.run([sys.executable, "-c", STOP_IN_A_CLASS_BODY, arg], env=env,
+                                   cwd=ROOT, capture_output=True, text=True, timeout=120)
+                    for arg in ("signal", "bug"))
+    assert stopped.returncode == 130, stopped.stderr
+    assert "Stopped at once" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert bug.returncode == 1 and "RuntimeError" in bug.stderr, bug.stderr
+
+
 @pytest.mark.slow
 def test_sigterm_during_an_evaluation_is_answered_at_once(tmp_path):
     """SIGTERM while the step-0 evaluation runs (shown by its progress bar): the run saves and

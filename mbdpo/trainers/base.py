@@ -101,6 +101,34 @@ def write_metadata(cfg, folder: str) -> None:
     write_text(os.path.join(folder, "pip_freeze.txt"), packages())
 
 
+class StopAtOnce:
+    """Before a training loop takes the signals over: Ctrl-C and SIGTERM raise
+    KeyboardInterrupt, and are remembered, as the code running when one comes may turn the
+    KeyboardInterrupt into another error (Python 3.11 wraps one raised in a class body's
+    ``__set_name__``, as while torch imports torch._dynamo, in a RuntimeError).
+    ``stopped(err)``: whether ``err`` is that stop."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def stopped(self, err: BaseException) -> bool:
+        return isinstance(err, KeyboardInterrupt) or self.signum is not None
+
+
 class StopRequested:
     """Ctrl-C / SIGTERM set a flag; the loop saves a checkpoint and exits at the next step.
     A second Ctrl-C stops at once."""
