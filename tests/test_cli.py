@@ -255,6 +255,8 @@ def job(cfg):
             if sys.argv[1] == "signal":
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(30)
+            if sys.argv[1] == "cause":  # a second Ctrl-C inside the loop, wrapped the same way
+                raise RuntimeError("wrapped") from KeyboardInterrupt()
             raise RuntimeError("a bug")
     class Body:
         x = Sends()
@@ -265,14 +267,17 @@ run(make_cfg("task=cartpole-balance", parse=False), job)
 def test_a_stop_that_code_turns_into_another_error_still_stops_at_once():
     """SIGTERM before the loop takes it over, while a class body's __set_name__ runs: Python
     3.11 turns the KeyboardInterrupt into a RuntimeError (CI saw it while torch imported
-    torch._dynamo); the run still ends at once with status 130 and the stop's sentence. The
-    same error with no signal is still a traceback."""
+    torch._dynamo); the run still ends at once with status 130 and the stop's sentence, as
+    it does for an error caused by a KeyboardInterrupt (a second Ctrl-C, which the loop's
+    handler raises). The same error with neither is still a traceback."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    stopped, bug = (subprocess.run([sys.executable, "-c", STOP_IN_A_CLASS_BODY, arg], env=env,
-                                   cwd=ROOT, capture_output=True, text=True, timeout=120)
-                    for arg in ("signal", "bug"))
-    assert stopped.returncode == 130, stopped.stderr
-    assert "Stopped at once" in stopped.stderr and "Traceback" not in stopped.stderr
+    stopped, caused, bug = (
+        subprocess.run([sys.executable, "-c", STOP_IN_A_CLASS_BODY, arg], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+        for arg in ("signal", "cause", "bug"))
+    for out in (stopped, caused):
+        assert out.returncode == 130, out.stderr
+        assert "Stopped at once" in out.stderr and "Traceback" not in out.stderr
     assert bug.returncode == 1 and "RuntimeError" in bug.stderr, bug.stderr
 
 

@@ -106,7 +106,8 @@ class StopAtOnce:
     KeyboardInterrupt, and are remembered, as the code running when one comes may turn the
     KeyboardInterrupt into another error (Python 3.11 wraps one raised in a class body's
     ``__set_name__``, as while torch imports torch._dynamo, in a RuntimeError).
-    ``stopped(err)``: whether ``err`` is that stop."""
+    ``stopped(err)``: whether ``err`` is that stop, or has a KeyboardInterrupt (a second
+    Ctrl-C inside the loop) as its cause."""
 
     def __init__(self):
         self.signum = None
@@ -126,7 +127,13 @@ class StopAtOnce:
             signal.signal(s, h)
 
     def stopped(self, err: BaseException) -> bool:
-        return isinstance(err, KeyboardInterrupt) or self.signum is not None
+        seen = set()
+        while err is not None and id(err) not in seen:
+            if isinstance(err, KeyboardInterrupt):
+                return True
+            seen.add(id(err))
+            err = err.__cause__ or err.__context__
+        return self.signum is not None
 
 
 class StopRequested:
