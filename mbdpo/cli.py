@@ -22,25 +22,36 @@ def run(cfg, job):
     from omegaconf import OmegaConf
 
     from mbdpo.config import command_line_keys, no_effect
+
+    def body():
+        raw = OmegaConf.to_container(cfg)
+        parsed = parse_cfg(cfg)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once
+            for line in no_effect(parsed, raw, command_line_keys(),
+                                  os.path.basename(sys.argv[0])):
+                print(f"note: {line}", flush=True)
+        return job(parsed)
+
+    return answered(body, USER_ERRORS, "Stopped at once: nothing more was saved; resume=true "
+                    "continues from the last checkpoint, if any (a dataset conversion from the "
+                    "chunks it finished).")
+
+
+def answered(body, errors: tuple, stopped: str):
+    """``body()`` with Ctrl-C and SIGTERM raising KeyboardInterrupt (``StopAtOnce``) until a
+    training loop takes them over: one of ``errors`` exits with status 2 and its sentence, a
+    stop with status 130 and the line ``stopped``."""
     from mbdpo.trainers.base import StopAtOnce
     with StopAtOnce() as stop:
         try:
-            raw = OmegaConf.to_container(cfg)
-            parsed = parse_cfg(cfg)
-            if os.environ.get("RANK", "0") == "0":  # under torchrun: once
-                for line in no_effect(parsed, raw, command_line_keys(),
-                                      os.path.basename(sys.argv[0])):
-                    print(f"note: {line}", flush=True)
-            return job(parsed)
-        except USER_ERRORS as err:
+            return body()
+        except errors as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(2)
         except (KeyboardInterrupt, Exception) as err:
             if not stop.stopped(err):
                 raise
-            print("\nStopped at once: nothing more was saved; resume=true continues from the "
-                  "last checkpoint, if any (a dataset conversion from the chunks it finished).",
-                  file=sys.stderr, flush=True)
+            print(f"\n{stopped}", file=sys.stderr, flush=True)
             raise SystemExit(130)
 
 

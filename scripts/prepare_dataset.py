@@ -36,19 +36,9 @@ def main(cfg):
         print("error: no dataset given: pass data_dir=<folder with the chunk_*.pt files>, e.g. "
               "data_dir=offline_dataset/mt80.", file=sys.stderr, flush=True)
         raise SystemExit(2)
-    from mbdpo.trainers.base import StopAtOnce
-    with StopAtOnce() as stop:  # SIGTERM as Ctrl-C
-        try:
-            job(cfg)
-        except DatasetError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            raise SystemExit(2)
-        except (KeyboardInterrupt, Exception) as err:
-            if not stop.stopped(err):
-                raise
-            print("\nStopped: the chunks converted so far are kept; run the same command "
-                  "again to continue from them.", file=sys.stderr, flush=True)
-            raise SystemExit(130)
+    from mbdpo.cli import answered
+    answered(lambda: job(cfg), (DatasetError,), "Stopped: the chunks converted so far are kept; "
+             "run the same command again to continue from them.")
 
 
 if __name__ == "__main__":

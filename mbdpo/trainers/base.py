@@ -101,13 +101,9 @@ def write_metadata(cfg, folder: str) -> None:
     write_text(os.path.join(folder, "pip_freeze.txt"), packages())
 
 
-class StopAtOnce:
-    """Before a training loop takes the signals over: Ctrl-C and SIGTERM raise
-    KeyboardInterrupt, and are remembered, as the code running when one comes may turn the
-    KeyboardInterrupt into another error (Python 3.11 wraps one raised in a class body's
-    ``__set_name__``, as while torch imports torch._dynamo, in a RuntimeError).
-    ``stopped(err)``: whether ``err`` is that stop, or has a KeyboardInterrupt (a second
-    Ctrl-C inside the loop) as its cause."""
+class SignalHandler:
+    """Ctrl-C and SIGTERM go to ``self._handler`` inside ``with``; the old handlers come back
+    after. ``signum``: the last signal seen (None: none)."""
 
     def __init__(self):
         self.signum = None
@@ -119,12 +115,24 @@ class StopAtOnce:
         return self
 
     def _handler(self, signum, frame):
-        self.signum = signum
-        raise KeyboardInterrupt
+        raise NotImplementedError
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+class StopAtOnce(SignalHandler):
+    """Before a training loop takes the signals over: Ctrl-C and SIGTERM raise
+    KeyboardInterrupt, and are remembered, as the code running when one comes may turn the
+    KeyboardInterrupt into another error (Python 3.11 wraps one raised in a class body's
+    ``__set_name__``, as while torch imports torch._dynamo, in a RuntimeError).
+    ``stopped(err)``: whether ``err`` is that stop, or has a KeyboardInterrupt (a second
+    Ctrl-C inside the loop) as its cause."""
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+        raise KeyboardInterrupt
 
     def stopped(self, err: BaseException) -> bool:
         seen = set()
@@ -136,27 +144,14 @@ class StopAtOnce:
         return self.signum is not None
 
 
-class StopRequested:
+class StopRequested(SignalHandler):
     """Ctrl-C / SIGTERM set a flag; the loop saves a checkpoint and exits at the next step.
     A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handler)
-        return self
 
     def _handler(self, signum, frame):
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
     def __bool__(self):
         return self.signum is not None
