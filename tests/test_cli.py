@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -248,37 +249,53 @@ def test_sigterm_saves_checkpoint_then_resume(tmp_path):
 STOP_IN_A_CLASS_BODY = """
 import os, signal, sys, time
 from mbdpo.cli import run
+from mbdpo.trainers.online import OnlineTrainer
 from tests.conftest import make_cfg
+def send():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
 def job(cfg):
     class Sends:  # as torch importing torch._dynamo while the agent is built
         def __set_name__(self, owner, name):
             if sys.argv[1] == "signal":
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(30)
+                send()
             if sys.argv[1] == "cause":  # a second Ctrl-C inside the loop, wrapped the same way
                 raise RuntimeError("wrapped") from KeyboardInterrupt()
             raise RuntimeError("a bug")
+    class Dies:
+        def __del__(self):
+            send()
+    if sys.argv[1] == "lost":
+        Dies()  # its KeyboardInterrupt is printed and dropped
+        return OnlineTrainer(cfg).train()
     class Body:
         x = Sends()
-run(make_cfg("task=cartpole-balance", parse=False), job)
+run(make_cfg("task=cartpole-balance", *sys.argv[2:], parse=False), job)
 """
 
 
-def test_a_stop_that_code_turns_into_another_error_still_stops_at_once():
+def test_a_stop_that_code_turns_into_another_error_or_drops_still_stops():
     """SIGTERM before the loop takes it over, while a class body's __set_name__ runs: Python
     3.11 turns the KeyboardInterrupt into a RuntimeError (CI saw it while torch imported
     torch._dynamo); the run still ends at once with status 130 and the stop's sentence, as
     it does for an error caused by a KeyboardInterrupt (a second Ctrl-C, which the loop's
-    handler raises). The same error with neither is still a traceback."""
+    handler raises). The same error with neither is still a traceback. A stop whose
+    KeyboardInterrupt is dropped (raised in a ``__del__``) is taken over by the loop, which
+    saves the run's start and exits with 130."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    stopped, caused, bug = (
-        subprocess.run([sys.executable, "-c", STOP_IN_A_CLASS_BODY, arg], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-        for arg in ("signal", "cause", "bug"))
+    work = tempfile.mkdtemp()
+    stopped, caused, bug, lost = (
+        subprocess.run([sys.executable, "-c", STOP_IN_A_CLASS_BODY, arg, *extra], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+        for arg, extra in (("signal", []), ("cause", []), ("bug", []),
+                           ("lost", [*TINY, "steps=1000", f"work_dir={work}"])))
     for out in (stopped, caused):
         assert out.returncode == 130, out.stderr
         assert "Stopped at once" in out.stderr and "Traceback" not in out.stderr
     assert bug.returncode == 1 and "RuntimeError" in bug.stderr, bug.stderr
+    assert lost.returncode == 130 and "Stopped: saved" in lost.stdout, lost.stdout + lost.stderr
+    latest = os.path.join(work, "cartpole-balance", "1", "default", "models", "latest.pt")
+    assert torch.load(latest, weights_only=True)["step"] == 0
 
 
 @pytest.mark.slow

@@ -100,6 +100,27 @@ def test_evaluation_in_worker_processes_equals_in_process():
     assert len(set(inproc["rewards"].tolist())) == 3  # three different start states
 
 
+def test_worker_environments_leave_this_processs_signal_handlers_alone():
+    """Workers ignore Ctrl-C and keep SIGTERM's default, but gymnasium calls the first
+    factory in this process too (a dummy environment for the spaces): this process's
+    handlers stay as they were (they had become SIG_IGN / SIG_DFL: a Ctrl-C before the loop
+    went unanswered)."""
+    import signal
+
+    from mbdpo.envs import make_env
+    cfg = make_cfg("task=cartpole-swingup", "model_size=1")
+    handler = signal.default_int_handler
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        venv = vector_env([functools.partial(make_env, cfg, seed=i) for i in range(2)],
+                          workers=True)
+        venv.close()
+        assert all(signal.getsignal(s) is handler for s in old)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def test_pixel_workers_start_beside_a_pixel_env_in_this_process():
     """With a pixel environment rendering in this process (an EGL context here), evaluation
     workers for pixels still reset and step: they start from a fresh server process (workers

@@ -103,7 +103,9 @@ def write_metadata(cfg, folder: str) -> None:
 
 class SignalHandler:
     """Ctrl-C and SIGTERM go to ``self._handler`` inside ``with``; the old handlers come back
-    after. ``signum``: the last signal seen (None: none)."""
+    after. ``signum``: the last signal seen (None: none), taken over from the handler this one
+    replaces when that one saw a signal: a stop whose KeyboardInterrupt was lost (one raised
+    inside a ``__del__`` is printed and dropped) is still a stop."""
 
     def __init__(self):
         self.signum = None
@@ -112,6 +114,9 @@ class SignalHandler:
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
             self._old[s] = signal.signal(s, self._handler)
+        outer = getattr(self._old[signal.SIGTERM], "__self__", None)
+        if isinstance(outer, SignalHandler) and outer.signum is not None:
+            self.signum = outer.signum
         return self
 
     def _handler(self, signum, frame):

@@ -3,6 +3,7 @@ batched planner call per step."""
 from __future__ import annotations
 
 import functools
+import os
 import signal
 
 import gymnasium as gym
@@ -31,8 +32,9 @@ def vector_env(envs, workers: bool = False, context: str | None = None) -> gym.v
         return envs
     mode = gym.vector.AutoresetMode.DISABLED
     if workers:
-        return gym.vector.AsyncVectorEnv([functools.partial(_in_worker, fn) for fn in envs],
-                                         autoreset_mode=mode, context=context)
+        return gym.vector.AsyncVectorEnv(
+            [functools.partial(_in_worker, fn, os.getpid()) for fn in envs],
+            autoreset_mode=mode, context=context)
     return gym.vector.SyncVectorEnv([functools.partial(_itself, e) for e in envs],
                                     autoreset_mode=mode)
 
@@ -51,13 +53,16 @@ def _itself(env):
     return env
 
 
-def _in_worker(make_env):
+def _in_worker(make_env, run_pid: int):
     """Runs in the worker process. A terminal's Ctrl-C reaches the whole process group: the
     workers ignore it and the run answers it (saves, closes them). SIGTERM keeps its default
     (gymnasium ends workers with it); sent to the whole group (``timeout``, a scheduler) it
-    ends them, and ``step_or_stop`` turns the broken pipe into the stop it is."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the run's (a KeyboardInterrupt)
+    ends them, and ``step_or_stop`` turns the broken pipe into the stop it is. gymnasium also
+    calls the first factory in the run's own process (``run_pid``; a dummy environment for
+    the spaces): there the run's handlers stay."""
+    if os.getpid() != run_pid:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the run's (a KeyboardInterrupt)
     return make_env()
 
 
