@@ -21,6 +21,8 @@ import signal
 import time
 import traceback
 
+from mbdpo.trainers.base import SignalHandler, StopAtOnce
+
 GRID = "grid.json"
 STATUS = "grid_status.json"
 STOP = "STOP"          # in the sweep folder: the grid was asked to stop
@@ -152,7 +154,6 @@ def run_job(cfg) -> dict:
     start = time.time()
     # until the training loop takes them over (while environments start), a stop signal
     # ends the job as Ctrl-C does, not the worker process
-    from mbdpo.trainers.base import StopAtOnce
     with StopAtOnce() as stop:
         try:
             status = _train(cfg, spec, sweep, todo, name, pidfile, status, stop)
@@ -224,18 +225,14 @@ def last_evaluation(folder: str) -> float | None:
     return points[-1][1] if points else None
 
 
-class StopGrid:
+class StopGrid(SignalHandler):
     """In the launcher: the first Ctrl-C or SIGTERM writes STOP and sends one SIGTERM to each
     running job (each saves and stops; jobs not started see STOP and do not start); a second
     one raises KeyboardInterrupt, which ends the launcher's pool at once."""
 
     def __init__(self, sweep: str):
-        self.sweep, self.signum, self._old = sweep, None, {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handler)
-        return self
+        super().__init__()
+        self.sweep = sweep
 
     def _handler(self, signum, frame):
         self.forward()
@@ -252,10 +249,6 @@ class StopGrid:
             with contextlib.suppress(ValueError, OSError):
                 if int(pid) != os.getpid():  # a job run in this process has the signal
                     os.kill(int(pid), signal.SIGTERM)
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def report(jobs: list[tuple[str, int]], work_dir: str, exp_name: str, results: str) -> int:
