@@ -119,7 +119,7 @@ class MBDPO:
                                device=self.device)
         else:  # last plan shifted by one step, zero-padded; zeros at t = 0
             warm = torch.cat([prev[:, :, 1:], torch.zeros_like(prev[:, :, :1])], 2)
-            warm = warm * (~t0.to(self.device)).float()[..., None, None]
+            warm = warm * (~t0.to(self.device, non_blocking=True)).float()[..., None, None]
         plan = self.plan_fn(obs, warm, task)
         self.warm[stream] = plan
         a = plan[:, :, 0]

@@ -211,6 +211,8 @@ class OnlineTrainer(Trainer):
                                          None if task is None else task[None])[0].cpu().numpy()
             else:
                 actions = np.stack([self.env.action_space.sample() for _ in range(N)])
+            if self.pretrained:  # the updates this step owes, before its environment step
+                losses = self._learn(sum(ep is not None for ep in eps), stop) or losses
             out = step_or_stop(self.envs, actions, stop)
             if out is None:
                 return self.interrupted()
@@ -233,7 +235,8 @@ class OnlineTrainer(Trainer):
                 if terminated[i] or truncated[i]:
                     self._finish_episode(ep)
                     eps[i], ended[i] = None, True
-            losses = self._learn(self.step - before, stop) or losses
+            if not self.pretrained:  # the burst on the seed data, once they are all in
+                losses = self._learn(self.step - before, stop) or losses
             if self.step // eval_freq > before // eval_freq:
                 eval_next = True
             if self.step // log_freq > before // log_freq:
@@ -302,8 +305,16 @@ class OnlineTrainer(Trainer):
         return int(self.cfg.batch_size), int(self.cfg.horizon), self.cfg.utd
 
     def _learn(self, env_steps: int, stop) -> dict:
-        """The updates owed after ``env_steps`` more environment steps: none before
-        ``learn_from``, then the burst on the seed data, then ``utd`` per environment step."""
+        """The updates owed for ``env_steps`` environment steps: none before ``learn_from``,
+        then the burst on the seed data (after the step that reaches ``learn_from``), then
+        ``utd`` per environment step, run before that step (``_loop``).
+
+        Why before: an episode joins the replay when it ends, so an update before the step
+        sees what one after it would, except at the step that ends an episode. There the
+        published code (TD-MPC2's loop) updates on the replay without that episode: it adds
+        an episode at the start of the step after its end. And on a GPU the update, launched
+        without waiting for it, runs while the host steps the environments, where it
+        would otherwise wait for them."""
         if self.step < self.learn_from or not self.buffer.num_episodes:
             return {}
         if not self.pretrained:

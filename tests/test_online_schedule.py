@@ -1,0 +1,44 @@
+"""The online schedule: which replay each update sees, and when it runs."""
+import numpy as np
+import torch
+
+from mbdpo.trainers.online import OnlineTrainer
+from tests.conftest import make_cfg
+
+
+def test_each_update_sees_the_episodes_that_ended_before_its_step_and_runs_before_it(
+        tmp_path):
+    """cartpole-balance (500-step episodes), seed_steps 1,000, 2,000 steps: the burst of 1,000
+    updates runs once the second seed episode is in the replay; then the update owed for
+    step s (0-based) sees the episodes that ended before s, as in the published loop (an
+    episode joins the replay at the start of the step after its end), and runs before the
+    environment steps (a GPU runs it while the host steps). Act and update are stand-ins:
+    the schedule, not the learning, is under test."""
+    cfg = make_cfg("task=cartpole-balance", "model_size=1", "steps=2000", "seed_steps=1000",
+                   "eval_freq=100000", "eval_episodes=1", "async_envs=false", "threads=1",
+                   f"work_dir={tmp_path}")
+    trainer = OnlineTrainer(cfg)
+    env_steps, seen = [0], []
+    step = trainer.envs.step
+
+    def counted_step(actions):
+        env_steps[0] += 1
+        return step(actions)
+
+    def act(obs, t0, task=None, eval_mode=False, stream="train"):
+        return torch.zeros(obs.shape[0], obs.shape[1], trainer.cfg.action_dim)
+
+    def update(batch):
+        assert batch["obs"].shape[:3] == (1, trainer.cfg.horizon + 1, trainer.cfg.batch_size)
+        seen.append((env_steps[0], trainer.buffer.num_episodes))
+        return {}
+
+    trainer.envs.step = counted_step
+    trainer.agent.act, trainer.agent.update = act, update
+    trainer.train()
+    assert trainer.step == 2000 and env_steps[0] == 2000 and trainer.updates == 2000
+    # the burst, after the 1,000th step ended the second episode
+    assert seen[:1000] == [(1000, 2)] * 1000
+    # step s's update, with s environment steps taken: the episodes that ended before s
+    assert seen[1000:] == [(s, s // 500) for s in range(1000, 2000)]
+    assert np.array_equal(trainer.buffer.steps_left[:501].numpy(), np.arange(500, -1, -1))
