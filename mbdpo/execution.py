@@ -98,6 +98,23 @@ def graphed(fns) -> list[Graphed]:
     return [f for f in fns if isinstance(f, Graphed)]
 
 
+def to_host_later(t: torch.Tensor):
+    """Start copying ``t`` to the host; the returned function waits for the copy and returns
+    it as an array. On a GPU the copy is queued behind the work that makes ``t`` (into pinned
+    memory, with an event), so work queued after it (the update, by the online loop) is not
+    waited for; a plain ``t.cpu()`` would wait for everything queued on the stream."""
+    if t.device.type != "cuda":
+        return lambda: t.cpu().numpy()
+    host = t.to("cpu", non_blocking=True)  # pinned memory: asynchronous
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def wait():
+        copied.synchronize()
+        return host.numpy()
+    return wait
+
+
 def compiled(agent) -> list[Compiled]:
     """The compiled pieces of ``agent`` (empty when compile is off)."""
     fns = (agent.planner.denoise, agent.planner.policy_rollouts, agent._model_losses,

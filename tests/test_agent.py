@@ -448,6 +448,24 @@ def test_cuda_graphs_and_compiled_graphs_match_eager(eager_random):
         assert lg[-1]["total_loss"] < lg[0]["total_loss"]  # replays train
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_an_action_read_on_the_host_later_does_not_wait_for_cuda_work_queued_after_it():
+    """``execution.to_host_later`` (the online loop's action): the copy is queued behind the
+    work that made the action; work queued after it (a chain of large matmuls standing in
+    for the update) still runs when the host reads the action, whose values are right."""
+    x = torch.randn(3, 6, device="cuda")
+    action = (x * 2).clamp(-1, 1)
+    read = execution.to_host_later(action)
+    big = torch.randn(4096, 4096, device="cuda")
+    for _ in range(50):
+        big = torch.tanh(big @ big)
+    queued = torch.cuda.Event()
+    queued.record()
+    got = read()
+    assert not queued.query()  # the host did not wait for the matmuls
+    assert torch.equal(torch.from_numpy(got), action.cpu())
+
+
 # -- docs/algorithm.md §2 written out plainly, to check update() against ---------------------------
 def _symlog(x):
     return torch.sign(x) * torch.log1p(x.abs())

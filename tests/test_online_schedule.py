@@ -12,13 +12,14 @@ def test_each_update_sees_the_episodes_that_ended_before_its_step_and_runs_befor
     updates runs once the second seed episode is in the replay; then the update owed for
     step s (0-based) sees the episodes that ended before s, as in the published loop (an
     episode joins the replay at the start of the step after its end), and runs before the
-    environment steps (a GPU runs it while the host steps). Act and update are stand-ins:
+    environment steps and after the action of step s (a GPU samples the replay while it
+    computes the action, and updates while the host steps). Act and update are stand-ins:
     the schedule, not the learning, is under test."""
     cfg = make_cfg("task=cartpole-balance", "model_size=1", "steps=2000", "seed_steps=1000",
                    "eval_freq=100000", "eval_episodes=1", "async_envs=false", "threads=1",
                    f"work_dir={tmp_path}")
     trainer = OnlineTrainer(cfg)
-    env_steps, seen = [0], []
+    env_steps, acts, seen = [0], [], []
     step = trainer.envs.step
 
     def counted_step(actions):
@@ -26,11 +27,13 @@ def test_each_update_sees_the_episodes_that_ended_before_its_step_and_runs_befor
         return step(actions)
 
     def act(obs, t0, task=None, eval_mode=False, stream="train"):
+        if stream == "train":
+            acts.append(env_steps[0])
         return torch.zeros(obs.shape[0], obs.shape[1], trainer.cfg.action_dim)
 
     def update(batch):
         assert batch["obs"].shape[:3] == (1, trainer.cfg.horizon + 1, trainer.cfg.batch_size)
-        seen.append((env_steps[0], trainer.buffer.num_episodes))
+        seen.append((env_steps[0], trainer.buffer.num_episodes, len(acts)))
         return {}
 
     trainer.envs.step = counted_step
@@ -38,7 +41,9 @@ def test_each_update_sees_the_episodes_that_ended_before_its_step_and_runs_befor
     trainer.train()
     assert trainer.step == 2000 and env_steps[0] == 2000 and trainer.updates == 2000
     # the burst, after the 1,000th step ended the second episode
-    assert seen[:1000] == [(1000, 2)] * 1000
-    # step s's update, with s environment steps taken: the episodes that ended before s
-    assert seen[1000:] == [(s, s // 500) for s in range(1000, 2000)]
+    assert seen[:1000] == [(1000, 2, 0)] * 1000
+    # step s's update, with s environment steps taken: the episodes that ended before s; the
+    # agent acted at steps 1,000 to s
+    assert seen[1000:] == [(s, s // 500, s - 999) for s in range(1000, 2000)]
+    assert acts == list(range(1000, 2000))
     assert np.array_equal(trainer.buffer.steps_left[:501].numpy(), np.arange(500, -1, -1))

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from mbdpo import faults
 from mbdpo.agent import MBDPO, stack_seeds
 from mbdpo.envs import make_env
+from mbdpo.execution import to_host_later
 from mbdpo.logging import Logger, save_video
 from mbdpo.offline import SANE
 from mbdpo.replay import KEYS, EpisodeReplay
@@ -207,12 +208,17 @@ class OnlineTrainer(Trainer):
             t0 = torch.tensor([ep is not None and not ep["action"] for ep in eps])
             if self.step >= self.random_steps:
                 task = self._task_rows(N)
-                actions = self.agent.act(torch.as_tensor(obs)[None], t0[None],
-                                         None if task is None else task[None])[0].cpu().numpy()
+                actions = to_host_later(self.agent.act(
+                    torch.as_tensor(obs)[None], t0[None], None if task is None else task[None])[0])
             else:
-                actions = np.stack([self.env.action_space.sample() for _ in range(N)])
-            if self.pretrained:  # the updates this step owes, before its environment step
+                actions = functools.partial(np.stack, [self.env.action_space.sample()
+                                                       for _ in range(N)])
+            # the updates this step owes, before its environment step (``_learn``): on a GPU
+            # the replay is sampled while the action is computed, and the update runs while
+            # the environments step
+            if self.pretrained:
                 losses = self._learn(sum(ep is not None for ep in eps), stop) or losses
+            actions = actions()
             out = step_or_stop(self.envs, actions, stop)
             if out is None:
                 return self.interrupted()
