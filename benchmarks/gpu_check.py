@@ -25,7 +25,8 @@ a part that hangs or fails costs only itself and what the budget cuts comes last
    episodes at the end, twice at once: the default path and ``compile=false`` (CUDA graphs of
    the eager operations, the same arithmetic as eager: plain eager at ~3.5 env steps/s would
    not fit the budget). Verdict ``within_seed_noise``: the two paths' mean evaluation returns
-   differ by no more than the larger of the two paths' spreads between their seeds.
+   differ by no more than the larger of the two paths' spreads between their seeds. Also
+   each seed's env steps/s (``rates``; the two processes share the GPU).
 
 ``parts=`` runs a subset (e.g. ``parts=learning out=...`` in a second call for what the budget
 cut from the first).
@@ -234,6 +235,11 @@ def main():
             part.update(learning_verdict({name: [
                 eval_return(os.path.join(work, "walker-walk", str(s), f"learn_{name}"))
                 for s in (1, 2)] for name in paths}))
+            # the seeds' rates through seeds=[...] (threads, one per seed; speed.py's
+            # seeds rows step them in one loop): both paths run at once, so each shares the GPU
+            part["rates"] = {name: [train_rate(os.path.join(work, "walker-walk", str(s),
+                                                            f"learn_{name}")) for s in (1, 2)]
+                             for name in paths}
         record("learning", part)
     print(f"wrote {out}")
 
