@@ -38,7 +38,8 @@ part (model size 1, 64 samples, 4 denoising steps, batch 32, 300 steps) for a dr
 On an offline GPU machine without this project's dependencies: ``../shared/gpu/README.md`` of
 the development workspace, or, by hand, wheels of mujoco, dm_control (+ dm-env, dm-tree,
 labmaze, glfw, pyopengl, etils), hydra-core, omegaconf, antlr4-python3-runtime (4.9.3),
-tensordict and gymnasium unpacked with ``pip install --no-index --no-deps --target .site``, then
+tensordict, gymnasium and greenlet (the ``learning`` part's ``seeds=[1,2]``) unpacked with
+``pip install --no-index --no-deps --target .site``, then
 ``PYTHONPATH=$PWD/.site:$PWD MUJOCO_GL=disable python benchmarks/gpu_check.py``.
 """
 from __future__ import annotations
@@ -96,6 +97,11 @@ def eval_return(run_dir: str) -> float:
     """The mean return of a run's last evaluation (its eval.csv)."""
     with open(os.path.join(run_dir, "eval.csv")) as f:
         return float(list(csv.DictReader(f))[-1]["episode_reward"])
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
 
 
 def learning_verdict(returns: dict[str, list[float]]) -> dict:
@@ -223,7 +229,11 @@ def main():
         record("parallel", part)
     for size in sizes[1:]:
         speed(size)
-    if left() > 60 and "learning" in parts:
+    if left() > 60 and "learning" in parts and not _importable("greenlet"):
+        record("learning", {"rc": "not run", "output": "seeds=[1,2] needs greenlet, which this "
+                            "machine lacks: bring its wheel with the others (this file's "
+                            "docstring) and run parts=learning."})
+    elif left() > 60 and "learning" in parts:
         threads = max(1, (os.cpu_count() or 2) // 2)
         paths = {"default": [], "eager_kernels": ["compile=false"]}
         # one evaluation, at the last step
@@ -235,8 +245,9 @@ def main():
             part.update(learning_verdict({name: [
                 eval_return(os.path.join(work, "walker-walk", str(s), f"learn_{name}"))
                 for s in (1, 2)] for name in paths}))
-            # the seeds' rates through seeds=[...] (threads, one per seed; speed.py's
-            # seeds rows step them in one loop): both paths run at once, so each shares the GPU
+            # the seeds' rates through seeds=[...] (lanes taking turns, host_loop.py;
+            # speed.py's seeds rows step them in one loop): both paths run at once, so each
+            # shares the GPU
             part["rates"] = {name: [train_rate(os.path.join(work, "walker-walk", str(s),
                                                             f"learn_{name}")) for s in (1, 2)]
                              for name in paths}

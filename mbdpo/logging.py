@@ -79,10 +79,13 @@ def _fmt(v):
 
 class Logger:
     def __init__(self, cfg, run_dir: str, resume_step: int | None = None,
-                 resume_eval_step: int | None = None, enabled: bool = True):
+                 resume_eval_step: int | None = None, enabled: bool = True,
+                 several: bool = False):
         """On resume, train rows past ``resume_step`` and eval rows past ``resume_eval_step``
         (the last evaluation the checkpoint knows of) are dropped. ``enabled=False`` (the
-        processes of a torchrun run other than rank 0) writes nothing."""
+        processes of a torchrun run other than rank 0) writes nothing. ``several``: other
+        runs of this process log at the same time (``seeds=[...]``), each to its own wandb
+        run."""
         self.cfg, self.dir = cfg, run_dir
         self.start = time.time()
         self.tag = ""  # after the kind in console lines (" seed 3" with seeds=[...])
@@ -94,7 +97,7 @@ class Logger:
         self.csv = {"train": CSVLog(os.path.join(run_dir, "train.csv"), resume_step),
                     "eval": CSVLog(os.path.join(run_dir, "eval.csv"), resume_eval_step)}
         if cfg.enable_wandb and cfg.wandb_mode != "disabled":
-            self.wandb = _init_wandb(cfg, run_dir, resume=resume_step is not None)
+            self.wandb = _init_wandb(cfg, run_dir, resume_step is not None, several)
         if cfg.get("enable_tensorboard"):
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -142,13 +145,10 @@ class Logger:
             self.tensorboard.close()
 
 
-def _init_wandb(cfg, run_dir: str, resume: bool):
+def _init_wandb(cfg, run_dir: str, resume: bool, several: bool):
     import wandb
     id_file = os.path.join(run_dir, "wandb_id.txt")
     run_id = open(id_file).read().strip() if resume and os.path.exists(id_file) else None
-    import threading
-    # seeds=[...]: each seed's run logs from a thread of its own, one wandb run each at once
-    several = threading.current_thread() is not threading.main_thread()
     run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode,
                      dir=run_dir, name=f"{cfg.task}-{cfg.seed}-{cfg.exp_name}", id=run_id,
                      resume="allow" if run_id else None,

@@ -448,6 +448,32 @@ def test_wandb_and_tensorboard_hold_the_csvs_numbers_and_wandb_the_video(tmp_pat
         assert h["eval/video/size"] == os.path.getsize(media) == mine > 10_000
 
 
+@pytest.mark.slow
+def test_each_seed_of_a_batched_run_logs_to_a_wandb_run_of_its_own(tmp_path):
+    """seeds=[1,2] with wandb: the seeds' runs log from one process at the same time, and
+    each seed's folder holds one offline wandb run whose evaluation returns are its own
+    eval.csv's (a second ``wandb.init`` in a process would otherwise hand back the first)."""
+    cli("train.py", "task=cartpole-balance", "seeds=[1,2]", "steps=500", "seed_steps=500",
+        "eval_freq=500", "save_model_every=0", f"work_dir={tmp_path}", "exp_name=wb",
+        "enable_wandb=true", "wandb_mode=offline", *TINY)
+    returns = {}
+    for seed in (1, 2):
+        run = os.path.join(str(tmp_path), "cartpole-balance", str(seed), "wb")
+        runs = [d for d in os.listdir(os.path.join(run, "wandb")) if d.startswith("offline-run")]
+        assert len(runs) == 1, (seed, runs)
+        folder = os.path.join(run, "wandb", runs[0])
+        history = wandb_history(next(os.path.join(folder, f) for f in os.listdir(folder)
+                                     if f.endswith(".wandb")))
+        logged = {h["_step"]: h["eval/episode_reward"] for h in history
+                  if "eval/episode_reward" in h}
+        want = {int(r["step"]): float(r["episode_reward"])
+                for r in rows(os.path.join(run, "eval.csv"))}
+        assert sorted(want) == [0, 500]
+        assert logged == pytest.approx(want, rel=1e-5), seed
+        returns[seed] = want
+    assert returns[1] != returns[2]  # two runs, not one logged twice
+
+
 @pytest.mark.parametrize("args, message", [
     (["task=cartpole-balanse"], "Unknown task 'cartpole-balanse'. Did you mean cartpole-balance"),
     (["task=dog-rn"], "Did you mean dog-run"),

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from mbdpo.trainers.online import OnlineTrainer
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, rows
 
 
 def test_each_update_sees_the_episodes_that_ended_before_its_step_and_runs_before_it(
@@ -47,3 +47,41 @@ def test_each_update_sees_the_episodes_that_ended_before_its_step_and_runs_befor
     assert seen[1000:] == [(s, s // 500, s - 999) for s in range(1000, 2000)]
     assert acts == list(range(1000, 2000))
     assert np.array_equal(trainer.buffer.steps_left[:501].numpy(), np.arange(500, -1, -1))
+
+
+def test_with_worker_processes_every_seeds_workers_step_at_once(tmp_path, monkeypatch):
+    """seeds=[1,2], num_envs=2 in worker processes: the seeds' loops run one at a time in the
+    process (``Lanes``), yet at each step both seeds send their actions before either waits
+    for its workers' answer, so that all four workers step at the same time. Each seed runs
+    its 1,000 steps (one episode in each environment). Act and update are stand-ins."""
+    import gymnasium as gym
+
+    from mbdpo.agent import MBDPO
+    from mbdpo.trainers.seeds import train_seeds
+    events = []
+    send, wait = gym.vector.AsyncVectorEnv.step_async, gym.vector.AsyncVectorEnv.step_wait
+
+    def step_async(self, actions):
+        events.append(("send", id(self)))
+        return send(self, actions)
+
+    def step_wait(self, **kwargs):
+        events.append(("wait", id(self)))
+        return wait(self, **kwargs)
+    monkeypatch.setattr(gym.vector.AsyncVectorEnv, "step_async", step_async)
+    monkeypatch.setattr(gym.vector.AsyncVectorEnv, "step_wait", step_wait)
+    monkeypatch.setattr(MBDPO, "act", lambda self, obs, t0, task=None, eval_mode=False,
+                        stream="train": torch.zeros(obs.shape[0], obs.shape[1], 1))
+    monkeypatch.setattr(MBDPO, "update", lambda self, batch: {"value_loss": torch.zeros(self.S)})
+    monkeypatch.setattr(MBDPO, "diagnostics_per_seed", lambda self, *a: [{}] * self.S)
+    cfg = make_cfg("task=cartpole-balance", "seeds=[1,2]", "num_envs=2", "async_envs=true",
+                   "model_size=1", "steps=1000", "seed_steps=500", "eval_freq=100000",
+                   "eval_episodes=1", "threads=1", f"work_dir={tmp_path}")
+    train_seeds(cfg)
+    assert len(events) == 4 * 500  # 500 steps of two environments, two seeds
+    for i in range(0, len(events), 4):
+        (a, x), (b, y), (c, z), (d, w) = events[i:i + 4]
+        assert (a, b, c, d) == ("send", "send", "wait", "wait") and x != y and {z, w} == {x, y}
+    for seed in (1, 2):
+        train = rows(tmp_path / "cartpole-balance" / str(seed) / "default" / "train.csv")
+        assert [r["step"] for r in train] == ["999", "1000"]

@@ -66,11 +66,24 @@ def _in_worker(make_env, run_pid: int):
     return make_env()
 
 
-def step_or_stop(venv, actions, stop):
+def step_or_stop(venv, actions, stop, sent=None):
     """``venv.step(actions)``, or None when the stop flag is set and the step failed: workers
-    ended by the same signal as this process leave a broken pipe, not an error to report."""
+    ended by the same signal as this process leave a broken pipe, not an error to report.
+    ``sent``: with worker processes, called once the actions are sent and before the wait
+    for the workers' answer, whether sending failed or not (``seeds=[...]``: the other seeds
+    send theirs, so that every seed's workers step at once)."""
     try:
-        return venv.step(actions)
+        if sent is None or not isinstance(venv, gym.vector.AsyncVectorEnv):
+            return venv.step(actions)
+        failed = None
+        try:
+            venv.step_async(actions)
+        except Exception as err:
+            failed = err
+        sent()
+        if failed is not None:
+            raise failed
+        return venv.step_wait()
     except Exception:
         if stop:
             return None

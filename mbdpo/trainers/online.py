@@ -30,6 +30,8 @@ class OnlineTrainer(Trainer):
 
     task_id: int | None = None  # the task's index in a multi-task model's task set
     show_bars = True  # progress bars of evaluations and bursts (seeds=[...]: the first seed's)
+    several = False  # other runs log from this process at the same time (seeds=[...])
+    sent = None  # called between sending actions to worker processes and the wait for them
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -160,7 +162,8 @@ class OnlineTrainer(Trainer):
             if self.finished():
                 return None
         self.logger = Logger(cfg, self.dir, resume_step,
-                             None if resume_step is None else self.last_eval_step)
+                             None if resume_step is None else self.last_eval_step,
+                             several=self.several)
         write_metadata(cfg, self.dir)
         return self.run_loop(f"on {cfg.task} ({cfg.obs}, {cfg.steps:,} steps)")
 
@@ -219,7 +222,7 @@ class OnlineTrainer(Trainer):
             if self.pretrained:
                 losses = self._learn(sum(ep is not None for ep in eps), stop) or losses
             actions = actions()
-            out = step_or_stop(self.envs, actions, stop)
+            out = step_or_stop(self.envs, actions, stop, self.sent)
             if out is None:
                 return self.interrupted()
             obs, reward, terminated, truncated, info = out

@@ -4,14 +4,15 @@ all S).
 
 Each seed is an ordinary ``OnlineTrainer`` (its lane) with its own run folder
 (``<work_dir>/<task>/<seed>/<exp_name>``), environments, replay, logger, checkpoints and
-evaluation, run in a thread of its own. The lanes' agent is a stand-in that meets the other
-lanes at every call (an action, an update, the episode diagnostics, a check of the stop flag)
-and makes the call once for all of them. The lanes run the same loop in lockstep: with
-episodes of a fixed length (the suites' tasks, except those that may terminate early) every
-seed reaches the same calls in the same order, as its single run would. Why threads and a
-meeting point rather than one loop over S × N environments: the single-seed loop (seeding,
-bursts, evaluations, checkpoints, resume, Ctrl-C) then serves every seed unchanged, and the
-environments of different seeds step at the same time.
+evaluation, run in a greenlet of its own (``Lanes``). The lanes' agent is a stand-in that
+meets the other lanes at every call (an action, an update, the episode diagnostics, a check of
+the stop flag) and makes the call once for all of them. The lanes run the same loop in
+lockstep: with episodes of a fixed length (the suites' tasks, except those that may terminate
+early) every seed reaches the same calls in the same order, as its single run would. Why lanes
+and a meeting point rather than one loop over S × N environments: the single-seed loop
+(seeding, bursts, evaluations, checkpoints, resume, Ctrl-C) then serves every seed unchanged.
+With worker processes (``num_envs`` > 1) every seed's workers step at the same time
+(``LaneTrainer.sent``).
 
 A seed's checkpoint holds that seed's part of the agent (``agent.one_seed``) and its random
 stream: it loads as a single run of that seed (``evaluate.py``, ``plot.py``, fine-tuning).
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 
+import greenlet
 import torch
 
 from mbdpo import checkpoint as ckpt
@@ -36,57 +37,69 @@ class _LaneLeft(Exception):
 
 
 class Lanes:
-    """The meeting point of S lanes: ``call(lane, kind, payload)`` blocks until every lane has
-    made a call of the same kind, runs it once for all (``_run``) and hands each lane its
-    part. A lane that leaves (``leave``) releases the others with ``_LaneLeft``."""
+    """The meeting point of S lanes, each a greenlet of this thread: ``call(lane, kind,
+    payload)`` hands the call to the hub (``run``), which resumes the lanes in turn until
+    every lane has made a call of the same kind, runs it once for all (``_run``) and hands
+    each lane its part. A lane that ends (it stopped, failed or finished) while others wait
+    at a call releases them with ``_LaneLeft``.
+
+    Why greenlets rather than threads: the lanes' Python runs one lane at a time in any case
+    (the GIL). Free-running threads hand the GIL over at every operation that releases it
+    (each torch op, each MuJoCo step), and threads that take turns pay an OS wake-up per
+    hand-over: with act and update as stand-ins (``benchmarks/host_loop.py``, walker-walk,
+    2-core CPU) four seeds' host time per step was 5.2-7.2x one seed's with free threads,
+    5.3-6.3x with turns, 3.8-4.4x with greenlets, which switch only at a meeting."""
 
     def __init__(self, seeds: list[int], stop: StopRequested):
         self.seeds, self.S, self.stop = seeds, len(seeds), stop
         self.agent: MBDPO | None = None
-        self.cond = threading.Condition()
-        self.pending: dict[int, tuple] = {}
-        self.results: list | None = None
-        self.generation = 0
-        self.left: set[int] = set()
-        self.error: BaseException | None = None
+        self.hub = greenlet.getcurrent()
 
     def make_agent(self, cfg) -> MBDPO:
-        with self.cond:
-            if self.agent is None:
-                self.agent = MBDPO(cfg, self.seeds)
-            return self.agent
-
-    def leave(self, lane: int) -> None:
-        with self.cond:
-            self.left.add(lane)
-            self.cond.notify_all()
+        if self.agent is None:
+            self.agent = MBDPO(cfg, self.seeds)
+        return self.agent
 
     def call(self, lane: int, kind, payload=None):
-        with self.cond:
-            if self.left:
-                raise _LaneLeft
-            self.pending[lane] = (kind, payload)
-            generation = self.generation
-            if len(self.pending) == self.S:
-                kinds = {k for k, _ in self.pending.values()}
+        if greenlet.getcurrent() is self.hub:
+            raise RuntimeError(f"seed {self.seeds[lane]}'s agent was called outside its lane")
+        left, value = self.hub.switch((kind, payload))
+        if left:
+            raise _LaneLeft from value
+        return value
+
+    def run(self, bodies: list) -> None:
+        """Run ``bodies`` (functions of no argument that return nothing and raise nothing),
+        one lane each, until all have ended. An error of the hub itself (a second Ctrl-C)
+        first ends the lanes that wait, with ``_LaneLeft``, then comes out."""
+        lanes = [greenlet.greenlet(body) for body in bodies]
+        answers: list = [()] * self.S  # what each lane gets back at its next switch
+        try:
+            while True:
+                calls = {}
+                for i, g in enumerate(lanes):
+                    if not g.dead:
+                        out = g.switch(*answers[i])
+                        if not g.dead:
+                            calls[i] = out
+                if not calls:
+                    return
+                if len(calls) < self.S:  # a lane ended: the others stop too
+                    answers = [((True, None),)] * self.S
+                    continue
+                kinds = {k for k, _ in calls.values()}
                 try:
                     if len(kinds) > 1:
                         raise RuntimeError(f"the seeds' runs went out of step ({kinds}): "
                                            "their episodes must have the same lengths")
-                    self.results = self._run(kind, [self.pending[i][1] for i in range(self.S)])
+                    results = self._run(kinds.pop(), [calls[i][1] for i in range(self.S)])
+                    answers = [((False, r),) for r in results]
                 except BaseException as err:  # every lane raises it
-                    self.error = err
-                self.pending = {}
-                self.generation += 1
-                self.cond.notify_all()
-            else:
-                while self.generation == generation and not self.left:
-                    self.cond.wait(0.5)
-                if self.generation == generation:
-                    raise _LaneLeft
-            if self.error is not None:
-                raise _LaneLeft from self.error
-            return self.results[lane]
+                    answers = [((True, err),)] * self.S
+        finally:
+            for g in lanes:
+                if not g.dead and g:  # started, waiting at a call
+                    g.throw(_LaneLeft)
 
     def _run(self, kind, payloads: list) -> list:
         agent, S = self.agent, self.S
@@ -110,7 +123,7 @@ class Lanes:
         if kind == "load":
             agent.load_state_dict(stack_states(payloads))
             return [None] * S
-        if kind == "saved":  # every seed's new unit is written
+        if kind in ("saved", "sent"):  # every seed's new unit is written; actions sent
             return [None] * S
         raise ValueError(f"unknown call {kind!r}")
 
@@ -183,6 +196,13 @@ class _LaneAgent:
 
 class LaneTrainer(OnlineTrainer):
     """One seed's online run, its agent the shared one (``_LaneAgent``)."""
+
+    several = True
+
+    def sent(self) -> None:
+        # the lanes run one at a time: with worker processes (num_envs > 1) each lane sends
+        # its actions, then waits for its workers once every lane has sent theirs
+        self.lanes.call(self.lane, "sent")
 
     def __init__(self, cfg, lanes: Lanes, lane: int):
         self.lanes, self.lane = lanes, lane
@@ -307,27 +327,17 @@ def train_seeds(cfg):
             for t in trainers:
                 others += t.claim_dir(others)
             results, errors = [None] * len(trainers), [None] * len(trainers)
-            threads_each = torch.get_num_threads()  # (set by the runs' ``threads``)
 
-            def run(i):
-                # a new thread starts with the default number of intra-op threads, not the
-                # number this process set
-                torch.set_num_threads(threads_each)
-                try:
-                    results[i] = trainers[i].train()
-                except _LaneLeft as err:
-                    errors[i] = err.__cause__
-                except BaseException as err:  # SystemExit of a stop, a refusal, a failure
-                    errors[i] = err
-                finally:
-                    lanes.leave(i)
-            threads = [threading.Thread(target=run, args=(i,), name=f"seed-{c.seed}",
-                                        daemon=True) for i, c in enumerate(cfgs)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+            def body(i):
+                def run():
+                    try:
+                        results[i] = trainers[i].train()
+                    except _LaneLeft as err:
+                        errors[i] = err.__cause__
+                    except BaseException as err:  # SystemExit of a stop, a refusal, a failure
+                        errors[i] = err
+                return run
+            lanes.run([body(i) for i in range(len(trainers))])
         finally:
             for t in trainers:
                 t.close()
