@@ -94,15 +94,15 @@ def main(argv: list[str]) -> None:
     rows = []
     print(f"\n{task}: host time per step of the online loop, act/update as stand-ins "
           f"({repeats} runs each, {results[sizes[0]][0]['steps_timed']:,} steps timed per run)")
-    print(f"{'S':>3} {'ms/step (median of runs)':>25} {'runs':>22} {'per seed':>9} "
+    shown = {S: ", ".join(f"{x['ms_per_step']:.2f}" for x in results[S]) for S in sizes}
+    w = max(len(v) for v in shown.values())
+    print(f"{'S':>3} {'ms/step (median)':>17}  {'runs':<{w}} {'per seed':>9} "
           f"{'vs S=' + str(sizes[0]):>8}")
     for S in sizes:
-        ms = [x["ms_per_step"] for x in results[S]]
-        med = float(np.median(ms))
+        med = float(np.median([x["ms_per_step"] for x in results[S]]))
         rows.append({"S": S, "ms_per_step": med, "runs": results[S],
                      "ms_per_seed": round(med / S, 3), "ratio": round(med / one, 2)})
-        print(f"{S:>3} {med:>25.3f} {', '.join(f'{m:.2f}' for m in ms):>22} "
-              f"{med / S:>9.3f} {med / one:>8.2f}")
+        print(f"{S:>3} {med:>17.3f}  {shown[S]:<{w}} {med / S:>9.3f} {med / one:>8.2f}")
     out = {"task": task, "machine": platform.machine(), "cpus": os.cpu_count(),
            "torch": torch.__version__, "steps": steps, "seed_steps": seed_steps, "rows": rows}
     path = str(args.get("out", os.path.join(ROOT, "benchmarks", "results", "host_loop.json")))

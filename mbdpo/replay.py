@@ -6,15 +6,11 @@ uses obs[t], action[t+1], reward[t+1], obs[t+1]. A sample never crosses an episo
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
 KEYS = ("obs", "action", "reward", "terminated", "task", "episode", "steps_left")
-
-
-def subtrajectory_index(starts: torch.Tensor, horizon: int, capacity: int) -> torch.Tensor:
-    """(B,) start entries -> (B, H+1) entry indices (modulo the ring capacity)."""
-    return (starts.unsqueeze(1) + torch.arange(horizon + 1)) % capacity
 
 
 class EpisodeReplay:
@@ -74,13 +70,17 @@ class EpisodeReplay:
             self.steps_left[prev] == self.steps_left[cur] + 1)
         return int(linked.sum())
 
-    def sample_starts(self, batch_size: int, horizon: int) -> torch.Tensor:
-        out = torch.empty(0, dtype=torch.long)
+    def sample_starts(self, batch_size: int, horizon: int) -> np.ndarray:
+        # the draws come from the replay's torch generator (its state is in checkpoints); the
+        # indexing runs on numpy views of the tensors: a sample is ~15 small operations, each
+        # ~10 us in torch and ~1 us in numpy (0.24 vs 0.11 ms per sample of 256, H = 3)
+        steps_left, episode = self.steps_left.numpy(), self.episode.numpy()
+        out = np.empty(0, dtype=np.int64)
         for _ in range(1000):
-            s = torch.randint(0, self.size, (2 * batch_size,), generator=self.generator)
-            ok = (self.steps_left[s] >= horizon) & (
-                self.episode[s] == self.episode[(s + horizon) % self.capacity])
-            out = torch.cat([out, s[ok]])
+            s = torch.randint(0, self.size, (2 * batch_size,), generator=self.generator).numpy()
+            ok = (steps_left[s] >= horizon) & (
+                episode[s] == episode[(s + horizon) % self.capacity])
+            out = np.concatenate([out, s[ok]])
             if len(out) >= batch_size:
                 return out[:batch_size]
         raise RuntimeError(f"The replay holds no sub-trajectory of length {horizon + 1}.")
@@ -88,12 +88,15 @@ class EpisodeReplay:
     def sample(self, batch_size: int, horizon: int) -> dict:
         """A batch of sub-trajectories: obs (H+1, B, ...), action/reward/terminated (H, B),
         task (B,)."""
-        idx = subtrajectory_index(self.sample_starts(batch_size, horizon), horizon,
-                                  self.capacity)
-        nxt = idx[:, 1:]
-        return {"obs": self.obs[idx].transpose(0, 1), "action": self.action[nxt].transpose(0, 1),
-                "reward": self.reward[nxt].T, "terminated": self.terminated[nxt].T,
-                "task": self.task[idx[:, 0]]}
+        starts = self.sample_starts(batch_size, horizon)
+        idx = (starts + np.arange(horizon + 1)[:, None]) % self.capacity  # (H+1, B) entries
+        nxt = idx[1:]
+
+        def rows(t, at):
+            return torch.from_numpy(t.numpy()[at])
+        return {"obs": rows(self.obs, idx), "action": rows(self.action, nxt),
+                "reward": rows(self.reward, nxt), "terminated": rows(self.terminated, nxt),
+                "task": rows(self.task, idx[0])}
 
     # -- persistence (resume) ------------------------------------------------------------
     def mark(self) -> None:

@@ -50,10 +50,11 @@ def test_each_update_sees_the_episodes_that_ended_before_its_step_and_runs_befor
 
 
 def test_with_worker_processes_every_seeds_workers_step_at_once(tmp_path, monkeypatch):
-    """seeds=[1,2], num_envs=2 in worker processes: the seeds' loops run one at a time in the
-    process (``Lanes``), yet at each step both seeds send their actions before either waits
-    for its workers' answer, so that all four workers step at the same time. Each seed runs
-    its 1,000 steps (one episode in each environment). Act and update are stand-ins."""
+    """seeds=[1,2], num_envs=2 and eval_episodes=2 in worker processes: the seeds' loops run
+    one at a time in the process (``Lanes``), yet at each step, training or evaluating, both
+    seeds send their actions before either waits for its workers' answer, so that all four
+    workers step at the same time. Each seed runs its 1,000 steps (one episode in each
+    environment) and two evaluations. Act and update are stand-ins."""
     import gymnasium as gym
 
     from mbdpo.agent import MBDPO
@@ -76,12 +77,15 @@ def test_with_worker_processes_every_seeds_workers_step_at_once(tmp_path, monkey
     monkeypatch.setattr(MBDPO, "diagnostics_per_seed", lambda self, *a: [{}] * self.S)
     cfg = make_cfg("task=cartpole-balance", "seeds=[1,2]", "num_envs=2", "async_envs=true",
                    "model_size=1", "steps=1000", "seed_steps=500", "eval_freq=100000",
-                   "eval_episodes=1", "threads=1", f"work_dir={tmp_path}")
+                   "eval_episodes=2", "threads=1", f"work_dir={tmp_path}")
     train_seeds(cfg)
-    assert len(events) == 4 * 500  # 500 steps of two environments, two seeds
+    # two seeds: 500 steps of two environments, two evaluations of 500 steps
+    assert len(events) == 4 * (500 + 2 * 500)
     for i in range(0, len(events), 4):
         (a, x), (b, y), (c, z), (d, w) = events[i:i + 4]
         assert (a, b, c, d) == ("send", "send", "wait", "wait") and x != y and {z, w} == {x, y}
     for seed in (1, 2):
         train = rows(tmp_path / "cartpole-balance" / str(seed) / "default" / "train.csv")
         assert [r["step"] for r in train] == ["999", "1000"]
+        evals = rows(tmp_path / "cartpole-balance" / str(seed) / "default" / "eval.csv")
+        assert [r["step"] for r in evals] == ["0", "1000"]

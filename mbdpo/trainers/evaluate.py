@@ -107,7 +107,7 @@ def _frame(venv, i: int):
 
 def run_episodes(agent, envs, task: int | None = None, video_env: int | None = None,
                  seed: int | None = None, record: bool = False, stop=None,
-                 bar_steps: int | None = None) -> dict | None:
+                 bar_steps: int | None = None, sent=None) -> dict | None:
     """One episode in each of ``envs`` (a list of environments, stepped in turn, or a vector
     env such as worker processes from ``vector_env``), acting for all of them with one batched
     call per step (uniform random actions when ``agent`` is None). Returns rewards (E,),
@@ -115,7 +115,8 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
     frames, and with ``record`` the episodes themselves (obs (L+1, ...), action (L, A),
     reward (L,)). ``stop`` (e.g. a ``StopRequested``) is read before every step: once true,
     the episodes are abandoned and None is returned. ``bar_steps``: show a progress bar of
-    that many steps (the episode length) with steps/s and ETA."""
+    that many steps (the episode length) with steps/s and ETA. ``sent``: see
+    ``step_or_stop``."""
     from tqdm import tqdm
     venv = vector_env(envs)
     E = venv.num_envs
@@ -145,7 +146,7 @@ def run_episodes(agent, envs, task: int | None = None, video_env: int | None = N
             actions = agent.act(torch.as_tensor(obs)[None], torch.full((1, E), t == 0),
                                 None if task_t is None else task_t[None], eval_mode=True,
                                 stream="eval")[0].cpu().numpy()
-        out = step_or_stop(venv, actions, stop)
+        out = step_or_stop(venv, actions, stop, sent)
         if out is None:
             bar.close()
             return None

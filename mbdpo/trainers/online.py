@@ -130,7 +130,8 @@ class OnlineTrainer(Trainer):
         video = 0 if self.cfg.save_video else None
         result = run_episodes(self.agent, self.eval_envs, task=self.task_id, video_env=video,
                               seed=eval_seed(self.cfg.seed, self.step), stop=stop,
-                              bar_steps=self.episode_length if self.show_bars else None)
+                              bar_steps=self.episode_length if self.show_bars else None,
+                              sent=self.sent)
         if result is None:
             return None
         if result["frames"]:

@@ -11,8 +11,8 @@ lockstep: with episodes of a fixed length (the suites' tasks, except those that 
 early) every seed reaches the same calls in the same order, as its single run would. Why lanes
 and a meeting point rather than one loop over S × N environments: the single-seed loop
 (seeding, bursts, evaluations, checkpoints, resume, Ctrl-C) then serves every seed unchanged.
-With worker processes (``num_envs`` > 1) every seed's workers step at the same time
-(``LaneTrainer.sent``).
+With environments in worker processes (``num_envs`` > 1, ``eval_episodes`` > 1) every seed's
+workers step at the same time (``LaneTrainer.sent``).
 
 A seed's checkpoint holds that seed's part of the agent (``agent.one_seed``) and its random
 stream: it loads as a single run of that seed (``evaluate.py``, ``plot.py``, fine-tuning).
@@ -200,8 +200,9 @@ class LaneTrainer(OnlineTrainer):
     several = True
 
     def sent(self) -> None:
-        # the lanes run one at a time: with worker processes (num_envs > 1) each lane sends
-        # its actions, then waits for its workers once every lane has sent theirs
+        # the lanes run one at a time: with worker processes (num_envs > 1, eval_episodes
+        # > 1) each lane sends its actions, then waits for its workers once every lane has
+        # sent theirs
         self.lanes.call(self.lane, "sent")
 
     def __init__(self, cfg, lanes: Lanes, lane: int):
