@@ -31,6 +31,12 @@ a part that hangs or fails costs only itself and what the budget cuts comes last
 ``parts=`` runs a subset (e.g. ``parts=learning out=...`` in a second call for what the budget
 cut from the first).
 
+At the end it prints its figures as markdown: a table of the ``speed`` rows and one of the
+targets of issues 30 and 31 (act <= 5 ms, update <= 2.5 ms, kernels per act <= 1,000,
+walker-walk >= 150 env steps/s, four runs >= 250 in all, S = 4 >= 3x S = 1, the CUDA tests,
+the learning check), each with what was measured and whether it is met; ``table=PATH``
+prints them again from a JSON (the README's speed section takes them as they are).
+
 Writes ``benchmarks/results/gpu_check.json`` (``out=PATH`` elsewhere) after every part: device,
 torch, commit, each part's figures, output tail and seconds. ``tiny=true`` shrinks every
 part (model size 1, 64 samples, 4 denoising steps, batch 32, 300 steps) for a dry run.
@@ -128,9 +134,93 @@ def train_rate(run_dir: str) -> dict:
     return out
 
 
+# (what, part, the figure from that part, the target, met when ...): issues 30 and 31
+TARGETS = (
+    ("act ms (size 5, default)", "speed_5", lambda r: _row(r, 5, 1)["act_ms"], "<= 5",
+     lambda x: x <= 5),
+    ("update ms (size 5, default)", "speed_5", lambda r: _row(r, 5, 1)["update_ms"], "<= 2.5",
+     lambda x: x <= 2.5),
+    ("kernels per act (size 5, default)", "speed_5",
+     lambda r: _row(r, 5, 1)["kernels_per_act"], "<= 1,000", lambda x: x <= 1000),
+    ("walker-walk env steps/s, scripts/train.py, no flags", "train",
+     lambda p: p.get("steps_per_s_last_episode", p["steps_per_s_run"]), ">= 150",
+     lambda x: x >= 150),
+    ("four runs at once, env steps/s in all", "parallel", lambda p: p["steps_per_s_sum"],
+     ">= 250", lambda x: x >= 250),
+    ("S = 4 seeds in one process / S = 1, total env steps/s (size 5)", "speed_5",
+     lambda r: _row(r, 5, 4)["steps_ratio_vs_first_seeds"], ">= 3", lambda x: x >= 3),
+    ("CUDA tests", "tests", lambda p: p["tail"].strip().splitlines()[-1], "pass",
+     lambda x: " passed" in x and " failed" not in x and " error" not in x),
+    ("learning, 2 seeds: default vs eager kernels, mean difference (larger seed spread)",
+     "learning", lambda p: (abs(p["mean"]["default"] - p["mean"]["eager_kernels"]),
+                            max(p["seed_spread"].values()), p["within_seed_noise"]),
+     "within seed noise", lambda x: x[2]),
+)
+
+
+def _row(part: dict, size: int, seeds: int) -> dict:
+    return next(r for r in part["rows"] if r["model_size"] == size and r["seeds"] == seeds
+                and r["variant"] == "default")
+
+
+def _path(row: dict) -> str:
+    """What a speed row ran: compiled kernels, CUDA graphs, TF32 or IEEE matmuls."""
+    kind = {(True, True): "compiled kernels in CUDA graphs", (False, True): "CUDA graphs",
+            (True, False): "compiled", (False, False): "eager"}[
+        (bool(row["compile"]), bool(row["cuda_graphs"]))]
+    if row["variant"] == "default":
+        return f"default (no flags): {kind}"
+    return f"{kind}, {'IEEE fp32' if 'ieee' in row['variant'] else row['variant']}"
+
+
+def _fmt(x) -> str:
+    if isinstance(x, tuple):  # (figure, the bound it is held against, verdict)
+        return f"{_fmt(x[0])} ({_fmt(x[1])})"
+    if isinstance(x, float):
+        return f"{x:,.2f}" if x < 100 else f"{x:,.0f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def summary(result: dict) -> str:
+    """The check's figures as markdown: the speed rows, then the targets of issues 30 and 31
+    with what was measured and whether it is met (a part that did not run or failed: "not
+    measured", with its exit code)."""
+    parts = result["parts"]
+    tiny = ", tiny dry run: the targets are for the published settings" if result.get("tiny") \
+        else ""
+    lines = [f"GPU check on {result['device_name']} (torch {result['torch']}, commit "
+             f"{result['commit']}, {result['started']}{tiny})",
+             "", "| size | path | seeds | act ms | update ms | kernels/act | kernels/update "
+             "| env steps/s, 1 env | 8 envs | first call s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted((n for n in parts if n.startswith("speed_")),
+                       key=lambda n: int(n.split("_")[1])):
+        for r in parts[name].get("rows", []):
+            by = r["env_steps_per_s_by_num_envs"]
+            lines.append("| " + " | ".join(_fmt(x) for x in (
+                r["model_size"], _path(r), r["seeds"], r["act_ms"],
+                r["update_ms"], r["kernels_per_act"], r["kernels_per_update"], by.get("1", "-"),
+                by.get("8", "-"), r.get("first_call_s", "-"))) + " |")
+    lines += ["", "| target | measured | wanted | met |", "|---|---|---|---|"]
+    for what, name, figure, wanted, met in TARGETS:
+        part = parts.get(name)
+        # pytest's rc 1: tests failed, its last line says how many
+        ran = part is not None and part.get("rc") in ((0, 1) if name == "tests" else (0,))
+        try:
+            x = figure(part) if ran else None
+        except (KeyError, StopIteration, IndexError):
+            x = None
+        if x is None:
+            shown = "not measured" + ("" if part is None else f" (rc {part.get('rc')})")
+            lines.append(f"| {what} | {shown} | {wanted} | - |")
+            continue
+        lines.append(f"| {what} | {_fmt(x)} | {wanted} | {'yes' if met(x) else 'no'} |")
+    return "\n".join(lines)
+
+
 # its key=value settings (no others: it runs where this project's dependencies may not be)
 KEYS, PASSES_CONFIG = ("device", "budget_s", "tiny", "out", "sizes", "train_steps",
-                       "parallel_runs", "parts"), False
+                       "parallel_runs", "parts", "table"), False
 PARTS = ("tests", "speed", "train", "parallel", "learning")
 
 
@@ -139,7 +229,16 @@ def main():
     unknown = set(args) - set(KEYS)
     if unknown:
         sys.exit(f"error: unknown argument(s) {', '.join(sorted(unknown))}: expected device=, "
-                 "budget_s=, tiny=true, out=, sizes=, train_steps=, parallel_runs=, parts=.")
+                 "budget_s=, tiny=true, out=, sizes=, train_steps=, parallel_runs=, parts=, "
+                 "table=.")
+    if "table" in args:
+        try:
+            with open(args["table"]) as f:
+                print(summary(json.load(f)))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            sys.exit(f"error: table={args['table']} is not a JSON this script wrote "
+                     f"({type(err).__name__}: {err}): give the path of its out= file.")
+        return
     parts = args.get("parts", ",".join(PARTS)).split(",")
     if set(parts) - set(PARTS):
         sys.exit(f"error: parts={args['parts']}: expected a comma-separated subset of "
@@ -252,7 +351,8 @@ def main():
                                                             f"learn_{name}")) for s in (1, 2)]
                              for name in paths}
         record("learning", part)
-    print(f"wrote {out}")
+    print(f"wrote {out}\n")
+    print(summary(result))
 
 
 if __name__ == "__main__":

@@ -325,7 +325,10 @@ def test_model_sizes_match_the_paper():
         assert abs((learnable - num_params(m.energy_head)) / 1e6 - wm) < 0.01, size
 
 
-def test_checkpoint_from_a_cuda_graph_run_loads_on_cpu(tmp_path):
+@pytest.mark.parametrize("flags", [dict(capturable=True, fused=True, foreach=False),
+                                   dict(capturable=True, fused=None, foreach=True)],
+                         ids=["fused", "foreach"])
+def test_checkpoint_from_a_cuda_graph_run_loads_on_cpu(tmp_path, flags):
     """A GPU run with CUDA graphs saves capturable fused optimisers (another run foreach
     ones); on the CPU they step as this agent's own do, and give the same numbers as an agent
     that never saw the flags (bit for bit: both on the CPU, whatever device=auto would pick;
@@ -344,7 +347,7 @@ def test_checkpoint_from_a_cuda_graph_run_loads_on_cpu(tmp_path):
     gpu_like = ckpt.load(path)
     for opt in ("optim", "pi_optim"):
         for group in gpu_like["agent"][opt]["param_groups"]:
-            group.update(capturable=True, fused=True, foreach=False)
+            group.update(**flags)
     plain, other = MBDPO(small_cfg), MBDPO(small_cfg)
     plain.load_state_dict(ckpt.load(path)["agent"])
     other.load_state_dict(gpu_like["agent"])
@@ -352,8 +355,9 @@ def test_checkpoint_from_a_cuda_graph_run_loads_on_cpu(tmp_path):
     assert not any(g["capturable"] for g in groups)
     own = MBDPO(small_cfg).optim.param_groups[0]
     assert all((g["fused"], g["foreach"]) == (own["fused"], own["foreach"]) for g in groups)
-    assert all(s["step"].device.type == "cpu" and s["step"].item() == 2
-               for s in other.optim.state.values())
+    states = list(other.optim.state.values()) + list(other.pi_optim.state.values())
+    assert len(states) == sum(len(g["params"]) for g in groups)  # every parameter's
+    assert all(s["step"].device.type == "cpu" and s["step"].item() == 2 for s in states)
     ckpt.set_rng_state(gpu_like["rng"])
     la = plain.update(batch)
     ckpt.set_rng_state(gpu_like["rng"])

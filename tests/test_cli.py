@@ -292,7 +292,10 @@ def test_a_stop_that_code_turns_into_another_error_or_drops_still_stops():
     for out in (stopped, caused):
         assert out.returncode == 130, out.stderr
         assert "Stopped at once" in out.stderr and "Traceback" not in out.stderr
-    assert bug.returncode == 1 and "RuntimeError" in bug.stderr, bug.stderr
+    assert bug.returncode == 1, bug.stderr
+    assert "Traceback" in bug.stderr and "RuntimeError: a bug" in bug.stderr, bug.stderr
+    # (the traceback quotes cli.py's source, the sentence among it, indented)
+    assert not any(line.startswith("Stopped at once") for line in bug.stderr.splitlines())
     assert lost.returncode == 130 and "Stopped: saved" in lost.stdout, lost.stdout + lost.stderr
     latest = os.path.join(work, "cartpole-balance", "1", "default", "models", "latest.pt")
     assert torch.load(latest, weights_only=True)["step"] == 0
