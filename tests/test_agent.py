@@ -325,6 +325,40 @@ def test_model_sizes_match_the_paper():
         assert abs((learnable - num_params(m.energy_head)) / 1e6 - wm) < 0.01, size
 
 
+def test_model_modes_are_torchs_with_the_target_q_ensemble_always_in_eval():
+    """WorldModel.train(mode) sets the flags nn.Module.train sets, module for module, with
+    the target Q-ensemble kept in eval mode, also in a deep copy; an action plans in eval
+    mode (the Q-ensemble's dropout off) and leaves the model in training mode."""
+    cfg = make_cfg("task=cartpole-balance", "model_size=1", "diffusion_num_samples=16",
+                   "diffusion_steps=3", "diffusion_num_elites=4", "diffusion_num_pi_trajs=2",
+                   "device=cpu")
+    agent = MBDPO(cfg)
+    m = agent.model
+    assert m.Qs.dropout > 0  # a mode that changes what the ensemble computes
+    ref = copy.deepcopy(m)
+    for mode in (False, True, False, True):
+        m.train(mode)
+        torch.nn.Module.train(ref, mode)
+        torch.nn.Module.train(ref.Qs_target, False)
+        assert [x.training for x in m.modules()] == [x.training for x in ref.modules()]
+        assert sum(x.training for x in m.modules()) == (
+            len(list(m.modules())) - len(list(m.Qs_target.modules())) if mode else 0)
+    copied = copy.deepcopy(m).eval()
+    assert not any(x.training for x in copied.modules()) and m.training and m.Qs.training
+    with pytest.raises(ValueError, match="boolean"):
+        m.train("no")
+    seen = []
+    plan = agent.plan_fn
+
+    def recording(*args):
+        seen.append((m.training, m.Qs.training, m.Qs_target.training))
+        return plan(*args)
+    agent.plan_fn = recording
+    agent.act(torch.zeros(1, 1, cfg.obs_dim), torch.ones(1, 1, dtype=torch.bool))
+    assert seen == [(False, False, False)]
+    assert m.training and m.Qs.training and not m.Qs_target.training
+
+
 @pytest.mark.parametrize("flags", [dict(capturable=True, fused=True, foreach=False),
                                    dict(capturable=True, fused=None, foreach=True)],
                          ids=["fused", "foreach"])
