@@ -359,6 +359,33 @@ def test_model_modes_are_torchs_with_the_target_q_ensemble_always_in_eval():
     assert m.training and m.Qs.training and not m.Qs_target.training
 
 
+def test_an_update_before_any_action_computes_its_targets_without_dropout():
+    """The target Q-ensemble is in eval mode from the agent's construction (the published
+    code calls ``model.eval()`` at init) and every update computes its TD targets without
+    the ensemble's dropout, whatever ran before it: an offline run updates long before it
+    first acts. Three updates of a fresh agent equal those of an agent that acted first (the
+    same generator state for the updates; three, as the Q-ensemble's last layer starts at
+    zero, which makes the first update's targets zero either way)."""
+    cfg = make_cfg("task=cartpole-balance", "model_size=1", "diffusion_num_samples=16",
+                   "diffusion_steps=3", "diffusion_num_elites=4", "diffusion_num_pi_trajs=2",
+                   "batch_size=32", "device=cpu")
+    torch.manual_seed(0)
+    fresh = MBDPO(cfg)
+    torch.manual_seed(0)
+    acted = MBDPO(cfg)
+    assert fresh.model.Qs.dropout > 0 and fresh.model.training
+    assert not any(x.training for x in fresh.model.Qs_target.modules())
+    batch = fixed_batch(cfg)
+    rng = torch.get_rng_state()
+    a = [fresh.update(batch) for _ in range(3)]
+    acted.act(torch.zeros(1, 1, cfg.obs_dim), torch.ones(1, 1, dtype=torch.bool))
+    torch.set_rng_state(rng)
+    b = [acted.update(batch) for _ in range(3)]
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x), (a, b)
+    for p, q in zip(fresh.model.parameters(), acted.model.parameters()):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize("flags", [dict(capturable=True, fused=True, foreach=False),
                                    dict(capturable=True, fused=None, foreach=True)],
                          ids=["fused", "foreach"])
