@@ -6,6 +6,10 @@ Meta-World frame costs 20-50 ms at 64×64 without shadows, ~0.2 s at 384×384 on
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -200,3 +204,41 @@ def test_pixels_and_render():
     frame = env.render(width=80, height=48)
     assert frame.shape == (48, 80, 3) and frame.dtype == np.uint8
     env.close()
+
+
+PROBE = """
+import json, os, sys
+children = []
+sys.addaudithook(lambda event, args: children.append(list(args[1])) if event == "subprocess.Popen"
+                 else None)
+if sys.argv[1] == "mbdpo":
+    from mbdpo.envs import metaworld  # noqa: F401
+else:
+    import metaworld  # noqa: F401
+import glfw.library
+print(json.dumps({"children": children, "library": glfw.library.glfw._name,
+                  "env": os.environ.get("PYGLFW_LIBRARY")}))
+"""
+
+
+@pytest.mark.parametrize("gl", ["egl", "glfw"])
+def test_importing_the_suite_starts_no_child_unless_glfw_renders(gl):
+    """pyglfw (imported by gymnasium's MuJoCo renderer) finds its library by starting a Python
+    child that reads a file name from a pipe: a run killed then left that child to print an
+    EOFError traceback (seen once in CI). Unless MUJOCO_GL=glfw, mbdpo names the bundled
+    library and no child starts; metaworld imported by itself still starts one."""
+    def probe(first):
+        env = {k: v for k, v in os.environ.items() if k != "PYGLFW_LIBRARY"}
+        out = subprocess.run([sys.executable, "-c", PROBE, first], env={**env, "MUJOCO_GL": gl},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    ours, plain = probe("mbdpo"), probe("metaworld")
+    assert plain["children"] and plain["children"][0][1] == "-c", plain
+    assert plain["env"] is None and plain["library"].endswith("libglfw.so")
+    if gl == "glfw":  # glfw renders: its own search, untouched
+        assert ours["env"] is None and len(ours["children"]) == len(plain["children"]), ours
+    else:
+        assert ours["children"] == [], ours
+        assert ours["env"] == ours["library"] == plain["library"], (ours, plain)

@@ -20,6 +20,27 @@ import weakref
 if "MUJOCO_GL" not in os.environ and ctypes.util.find_library("EGL"):
     os.environ.setdefault("MUJOCO_GL", "egl")
 
+
+def _glfw_by_path() -> None:
+    """Meta-World and MyoSuite import gymnasium's MuJoCo renderer, which imports ``glfw``;
+    without ``PYGLFW_LIBRARY``, pyglfw finds its library by starting a Python child per
+    candidate file that reads the file name from a pipe (~50 ms). A run killed in that moment
+    leaves the child to print an ``EOFError`` traceback. GLFW opens no window unless
+    ``MUJOCO_GL=glfw``: otherwise name the library pyglfw bundles (its default, X11 build) so
+    that it is loaded in-process, with no child."""
+    if os.environ.get("MUJOCO_GL", "glfw") == "glfw" or os.environ.get("PYGLFW_LIBRARY"):
+        return
+    import importlib.util
+    spec = importlib.util.find_spec("glfw")
+    if spec is None or not spec.origin:
+        return
+    bundled = os.path.join(os.path.dirname(spec.origin), "x11", "libglfw.so")
+    if os.path.isfile(bundled):
+        os.environ["PYGLFW_LIBRARY"] = bundled
+
+
+_glfw_by_path()
+
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
