@@ -121,6 +121,48 @@ def test_worker_environments_leave_this_processs_signal_handlers_alone():
             signal.signal(s, h)
 
 
+KILLED = """
+import functools, sys, time
+import gymnasium as gym
+from mbdpo.trainers.evaluate import vector_env
+from tests.test_evaluate import CountingEnv
+if sys.argv[1] == "ours":
+    venv = vector_env([CountingEnv, CountingEnv], workers=True, context="fork")
+else:
+    venv = gym.vector.AsyncVectorEnv([CountingEnv, CountingEnv], context="fork")
+venv.reset(seed=0)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("worker", ["ours", "gymnasium"])
+def test_workers_of_a_killed_run_end_without_a_traceback(worker):
+    """SIGKILL (the out-of-memory killer, ``kill -9``) leaves the evaluation's workers to find
+    their pipe closed: they end, and print nothing; gymnasium's own worker prints two
+    tracebacks per worker, which read like a crash of the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, worker], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    t = time.time()
+    err = proc.stderr.read()  # returns once every worker (holding the same stderr) has ended
+    proc.wait()
+    assert time.time() - t < 30
+    if worker == "ours":
+        assert err == "", err
+    else:
+        assert err.count("BrokenPipeError") == 2 and "EOFError" in err, err
+
+
 def test_pixel_workers_start_beside_a_pixel_env_in_this_process():
     """With a pixel environment rendering in this process (an EGL context here), evaluation
     workers for pixels still reset and step: they start from a fresh server process (workers

@@ -9,6 +9,7 @@ import signal
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector.async_vector_env import _async_worker
 
 from mbdpo import faults
 from mbdpo.trainers.task_dims import eval_task_list, fill_env_dims
@@ -34,7 +35,7 @@ def vector_env(envs, workers: bool = False, context: str | None = None) -> gym.v
     if workers:
         return gym.vector.AsyncVectorEnv(
             [functools.partial(_in_worker, fn, os.getpid()) for fn in envs],
-            autoreset_mode=mode, context=context)
+            autoreset_mode=mode, context=context, worker=_worker)
     return gym.vector.SyncVectorEnv([functools.partial(_itself, e) for e in envs],
                                     autoreset_mode=mode)
 
@@ -64,6 +65,17 @@ def _in_worker(make_env, run_pid: int):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the run's (a KeyboardInterrupt)
     return make_env()
+
+
+def _worker(*args):
+    """gymnasium's worker loop, ending quietly when the run is gone: killed (SIGKILL, the
+    out-of-memory killer), it leaves each worker to read the end of its pipe, and gymnasium's
+    worker, answering that error down the same pipe, fails again and prints two tracebacks
+    that read like a crash of the run. A pipe breaks only when the run has ended."""
+    try:
+        _async_worker(*args)
+    except (BrokenPipeError, EOFError):
+        pass
 
 
 def step_or_stop(venv, actions, stop, sent=None):
