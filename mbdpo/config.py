@@ -220,8 +220,9 @@ def parse_cfg(cfg: DictConfig) -> DictConfig:
            "seed", cfg.seed, "expected an integer >= 0")
     _check(cfg.num_q >= 2, "num_q", cfg.num_q, "expected at least 2 (two members are drawn)")
     _check(cfg.vmin < cfg.vmax, "vmin", cfg.vmin, f"expected less than vmax ({cfg.vmax})")
-    _check(cfg.wandb_mode in ("online", "offline", "disabled"), "wandb_mode", cfg.wandb_mode,
-           "expected online, offline or disabled")
+    _check(cfg.wandb_mode in (None, "online", "offline", "disabled"), "wandb_mode",
+           cfg.wandb_mode, "expected online, offline, disabled or null (wandb's choice: the "
+           "WANDB_MODE environment variable, else online)")
     if cfg.plan_horizon is not None:  # None: plan over horizon steps (see plan_horizon())
         _positive_int(cfg, "plan_horizon")
     if cfg.use_score_network and plan_horizon(cfg) != cfg.horizon:

@@ -149,11 +149,19 @@ def _init_wandb(cfg, run_dir: str, resume: bool, several: bool):
     import wandb
     id_file = os.path.join(run_dir, "wandb_id.txt")
     run_id = open(id_file).read().strip() if resume and os.path.exists(id_file) else None
-    run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode,
-                     dir=run_dir, name=f"{cfg.task}-{cfg.seed}-{cfg.exp_name}", id=run_id,
-                     resume="allow" if run_id else None,
-                     config=OmegaConf.to_container(cfg, resolve=True),
-                     **({"reinit": "create_new"} if several else {}))
+    try:  # mode None: wandb's own choice (WANDB_MODE, else online)
+        run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity,
+                         mode=cfg.wandb_mode, dir=run_dir,
+                         name=f"{cfg.task}-{cfg.seed}-{cfg.exp_name}", id=run_id,
+                         resume="allow" if run_id else None,
+                         config=OmegaConf.to_container(cfg, resolve=True),
+                         **({"reinit": "create_new"} if several else {}))
+    except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as err:
+        from mbdpo.config import ConfigError
+        raise ConfigError(
+            f"W&B could not start the run ({str(err).strip()}): log in once with `wandb login` "
+            "(or set WANDB_API_KEY), or log offline with wandb_mode=offline and upload later "
+            "with `wandb sync`; enable_wandb=false logs to the CSVs only.") from None
     with open(id_file, "w") as f:
         f.write(run.id)
     return run

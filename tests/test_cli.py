@@ -458,7 +458,7 @@ def test_each_seed_of_a_batched_run_logs_to_a_wandb_run_of_its_own(tmp_path):
     eval.csv's (a second ``wandb.init`` in a process would otherwise hand back the first)."""
     cli("train.py", "task=cartpole-balance", "seeds=[1,2]", "steps=500", "seed_steps=500",
         "eval_freq=500", "save_model_every=0", f"work_dir={tmp_path}", "exp_name=wb",
-        "enable_wandb=true", "wandb_mode=offline", *TINY)
+        "enable_wandb=true", *TINY)  # no wandb_mode: WANDB_MODE=offline (cli's) decides
     returns = {}
     for seed in (1, 2):
         run = os.path.join(str(tmp_path), "cartpole-balance", str(seed), "wb")
@@ -662,6 +662,23 @@ def test_offline_pretraining_and_resume(mt30_data, tmp_path):
 def test_offline_needs_data_dir():
     out = cli("train.py", "task=mt30", "multitask=true", check=False, timeout=120)
     assert out.returncode == 2 and "pass data_dir=offline_dataset/mt30" in out.stderr
+
+
+def test_wandb_without_a_login_is_one_sentence(tmp_path):
+    """enable_wandb=true, online, on a machine with no W&B key: exit 2 with one line that says
+    how to log in or log offline (it was wandb's traceback), before the run trains."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path), MUJOCO_GL="egl")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+                          "task=cartpole-balance", "enable_wandb=true", "wandb_mode=online",
+                          f"work_dir={tmp_path}", *TINY], env=env, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(lines) == 1 and "No API key" in lines[0], out.stderr
+    assert "`wandb login`" in lines[0] and "wandb_mode=offline" in lines[0]
+    assert not os.path.exists(os.path.join(str(tmp_path), "cartpole-balance", "1", "default",
+                                           "train.csv"))
 
 
 def test_tensorboard_missing_is_one_sentence(tmp_path, monkeypatch):
