@@ -156,12 +156,14 @@ def _init_wandb(cfg, run_dir: str, resume: bool, several: bool):
                          resume="allow" if run_id else None,
                          config=OmegaConf.to_container(cfg, resolve=True),
                          **({"reinit": "create_new"} if several else {}))
-    except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as err:
+    except (wandb.errors.UsageError, wandb.errors.CommError) as err:  # no login, no network
         from mbdpo.config import ConfigError
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(
-            f"W&B could not start the run ({str(err).strip()}): log in once with `wandb login` "
-            "(or set WANDB_API_KEY), or log offline with wandb_mode=offline and upload later "
-            "with `wandb sync`; enable_wandb=false logs to the CSVs only.") from None
+            f"W&B could not start the run ({reason}): log in once with `wandb login` (or set "
+            "WANDB_API_KEY) where W&B can be reached, or log offline with wandb_mode=offline "
+            "and upload later with `wandb sync`; enable_wandb=false logs to the CSVs "
+            "only.") from None
     with open(id_file, "w") as f:
         f.write(run.id)
     return run
