@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import stat
+import sys
 import time
 
 import torch
@@ -54,7 +55,6 @@ def packages() -> str:
 def start_record(cfg, version: str) -> dict:
     """One start (or resume) of a run: when, which code, the command line, where it ran."""
     import platform
-    import sys
     device = str(cfg.device)
     if device.startswith("cuda") and torch.cuda.is_available():
         name = torch.cuda.get_device_name(torch.device(device))
@@ -104,12 +104,17 @@ def write_metadata(cfg, folder: str) -> None:
 class SignalHandler:
     """Ctrl-C and SIGTERM go to ``self._handler`` inside ``with``; the old handlers come back
     after. ``signum``: the last signal seen (None: none), taken over from the handler this one
-    replaces when that one saw a signal: a stop whose KeyboardInterrupt was lost (one raised
-    inside a ``__del__`` is printed and dropped) is still a stop."""
+    replaces when that one saw a signal: a stop whose KeyboardInterrupt was lost is still a
+    stop. Python drops an exception raised where it cannot propagate (a ``__del__``, a weakref
+    callback such as importlib's module-lock cleanup while a module imports) and prints it as
+    "Exception ignored in ..." with a traceback that reads like a crash: inside ``with``, such
+    a KeyboardInterrupt after a signal was seen is dropped without a word (the stop is kept in
+    ``signum``); anything else goes to the hook that was there before."""
 
     def __init__(self):
         self.signum = None
         self._old = {}
+        self._old_hook = None
 
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -117,14 +122,20 @@ class SignalHandler:
         outer = getattr(self._old[signal.SIGTERM], "__self__", None)
         if isinstance(outer, SignalHandler) and outer.signum is not None:
             self.signum = outer.signum
+        self._old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def _handler(self, signum, frame):
         raise NotImplementedError
 
+    def _unraisable(self, unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and self.signum is not None):
+            self._old_hook(unraisable)
+
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+        sys.unraisablehook = self._old_hook
 
 
 class StopAtOnce(SignalHandler):
