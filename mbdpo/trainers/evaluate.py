@@ -71,7 +71,8 @@ def _worker(*args):
     """gymnasium's worker loop, ending quietly when the run is gone: killed (SIGKILL, the
     out-of-memory killer), it leaves each worker to read the end of its pipe, and gymnasium's
     worker, answering that error down the same pipe, fails again and prints two tracebacks
-    that read like a crash of the run. A pipe breaks only when the run has ended."""
+    that read like a crash of the run. A pipe breaks only when the run has ended. (The loop
+    is gymnasium's private function; ``worker=`` is its public hook for wrapping it.)"""
     try:
         _async_worker(*args)
     except (BrokenPipeError, EOFError):
