@@ -1,5 +1,10 @@
 """Evaluation start states: each evaluation of a curve resets its own, reproducibly."""
 import functools
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -9,7 +14,7 @@ import torch
 from mbdpo.trainers import online
 from mbdpo.trainers.evaluate import (eval_seed, run_episodes, task_envs, vector_env,
                                      worker_context)
-from tests.conftest import make_cfg
+from tests.conftest import ROOT, make_cfg
 
 
 def test_eval_seed_differs_by_step_and_by_run_seed():
@@ -105,8 +110,6 @@ def test_worker_environments_leave_this_processs_signal_handlers_alone():
     factory in this process too (a dummy environment for the spaces): this process's
     handlers stay as they were (they had become SIG_IGN / SIG_DFL: a Ctrl-C before the loop
     went unanswered)."""
-    import signal
-
     from mbdpo.envs import make_env
     cfg = make_cfg("task=cartpole-swingup", "model_size=1")
     handler = signal.default_int_handler
@@ -122,7 +125,7 @@ def test_worker_environments_leave_this_processs_signal_handlers_alone():
 
 
 KILLED = """
-import functools, sys, time
+import sys, time
 import gymnasium as gym
 from mbdpo.trainers.evaluate import vector_env
 from tests.test_evaluate import CountingEnv
@@ -141,13 +144,6 @@ def test_workers_of_a_killed_run_end_without_a_traceback(worker):
     """SIGKILL (the out-of-memory killer, ``kill -9``) leaves the evaluation's workers to find
     their pipe closed: they end, and print nothing; gymnasium's own worker prints two
     tracebacks per worker, which read like a crash of the run."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import ROOT
     proc = subprocess.Popen([sys.executable, "-c", KILLED, worker], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=ROOT))
