@@ -33,6 +33,29 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
+# First calls under way (compiling). A first call takes seconds on a CPU and can take minutes
+# on a GPU (Triton's kernels); the training loops' stop handler reads this to answer a stop at
+# once instead of after the compile (``StopRequested``): with ``fullgraph`` nothing of the
+# call has run while it compiles.
+_compiling = 0
+
+
+def compiling() -> bool:
+    """Whether a first call of a ``Compiled`` function is compiling now."""
+    return _compiling > 0
+
+
+def _stop_in(err: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt (a stop) that ``err`` is or was caused by, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _signature(args) -> tuple:
     return tuple((tuple(a.shape), a.dtype) if torch.is_tensor(a) else a is None for a in args)
 
@@ -55,6 +78,7 @@ class Compiled:
     def __call__(self, *args, **kwargs):
         # under a dispatch mode (FlopCounterMode, a debugging mode) dynamo compiles nothing:
         # that call runs eagerly and the next one compiled again
+        global _compiling
         if self.failed or _get_current_dispatch_mode() is not None:
             return self.fn(*args, **kwargs)
         key = _signature(args)
@@ -64,15 +88,25 @@ class Compiled:
             print(f"compiling {self.label} (once per process and input shape; cache "
                   f"{cache_dir()}) ...", end="", flush=True)
             start = time.perf_counter()
+        failed = None
+        _compiling += first
         try:
             out = self.compiled(*args, **kwargs)
         except Exception as err:  # dynamo / inductor errors have no common base (Ctrl-C is no
-            # Exception: it still stops the run)
+            # Exception: it still stops the run, as does one that such an error wraps)
+            stop = _stop_in(err)
+            if stop is not None:
+                raise stop from None
+            failed = err
+        finally:
+            _compiling -= first
+        if failed is not None:
             self.failed = True
             if first:
                 print(" failed", flush=True)
-            msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            warnings.warn(f"torch.compile of {self.__name__} failed ({type(err).__name__}: "
+            text = str(failed).strip()
+            msg = text.splitlines()[0] if text else ""
+            warnings.warn(f"torch.compile of {self.__name__} failed ({type(failed).__name__}: "
                           f"{msg[:200]}); it runs eagerly from now on. Set compile=false "
                           "to skip the attempt.", stacklevel=2)
             return self.fn(*args, **kwargs)

@@ -4,6 +4,7 @@ checkpoint, and user mistakes get one clear sentence."""
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -341,6 +342,55 @@ def test_a_lost_stop_is_not_printed_and_other_lost_errors_still_are():
     assert [type(u.exc_value) for u in seen] == [ZeroDivisionError], seen
 
 
+def test_a_stop_lost_while_compiling_is_raised_again_until_it_lands():
+    """A first stop while a function compiles raises ``StopWhileCompiling`` at once; one that
+    lands in a weakref callback (dynamo runs some while it compiles: seen, that stop waited
+    39 s for the compile's end) is dropped there and raised again 0.1 s later. Outside a
+    compile, or with ``while_compiling=False`` (torchrun), a stop only sets the flag."""
+    import weakref
+
+    from mbdpo import compiled
+    from mbdpo.trainers.base import StopRequested, StopWhileCompiling
+
+    class Dies:
+        pass
+
+    def lost_signal():  # the handler runs inside a weakref callback: its raise is dropped
+        obj = Dies()
+        refs = [weakref.ref(obj, lambda _: os.kill(os.getpid(), signal.SIGTERM))]
+        del obj
+        return refs
+
+    def compile_for(seconds: float) -> float:
+        """Stand in for a compile: busy for ``seconds``; how long it ran."""
+        t = time.perf_counter()
+        compiled._compiling += 1
+        try:
+            while time.perf_counter() - t < seconds:
+                pass
+        finally:
+            compiled._compiling -= 1
+        return time.perf_counter() - t
+
+    with StopRequested() as stop:
+        t = time.perf_counter()
+        with pytest.raises(StopWhileCompiling):
+            compiled._compiling += 1
+            try:
+                lost_signal()
+                compile_for(5.0)
+            finally:
+                compiled._compiling -= 1
+        assert stop.signum == signal.SIGTERM and time.perf_counter() - t < 2.0
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL  # the retry's timer is gone
+    with StopRequested(while_compiling=False) as stop:
+        lost_signal()
+        assert compile_for(0.3) >= 0.3 and stop.signum == signal.SIGTERM
+    with StopRequested() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # not compiling: the flag only
+        assert stop.signum == signal.SIGTERM
+
+
 @pytest.mark.slow
 def test_sigterm_during_an_evaluation_is_answered_at_once(tmp_path):
     """SIGTERM while the step-0 evaluation runs (shown by its progress bar): the run saves and
@@ -372,6 +422,71 @@ def test_sigterm_during_an_evaluation_is_answered_at_once(tmp_path):
         os.path.join(run, "eval.csv"))
     cli("train.py", "steps=500", "resume=true", *args)
     assert [int(r["step"]) for r in rows(os.path.join(run, "eval.csv"))] == [0, 500]
+
+
+COMPILED = ["task=cartpole-balance", "steps=250", "seed_steps=125", "eval_freq=250",
+            "compile=true", "save_model_every=0", *TINY]
+
+
+def cut_while_compiling(work: str, args: list, cache: dict) -> str:
+    """Start train.py with ``args`` and an empty inductor cache (``cache``: its compiles take
+    seconds here, minutes with Triton on a GPU), SIGTERM it as soon as the step-0
+    evaluation's planner starts compiling; its output, once it has stopped (status 130)."""
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "exp_name=cut", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+        env=dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", **cache))
+    out = b""
+    while b"compiling the planner's policy rollouts" not in out:  # no newline until done
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, out.decode()
+        out += chunk
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    text = (out + rest).decode()
+    assert proc.returncode == 130 and "Stopped: saved" in text, text
+    # cut: the first compile never finished (its line ends with its time) nor the next began
+    assert re.search(r"policy rollouts \([^)]*\) \.\.\. \d", text) is None, text
+    assert "denoising step" not in text and "Traceback" not in text, text
+    return text
+
+
+def latest_step(run: str) -> tuple:
+    state = torch.load(os.path.join(run, "models", "latest.pt"), weights_only=True)
+    return state["step"], state["last_eval_step"]
+
+
+@pytest.mark.slow
+def test_sigterm_while_compiling_is_answered_at_once_and_resume_is_the_whole_run(tmp_path):
+    """SIGTERM while the step-0 evaluation's planner compiles: the compile is cut (before, the
+    stop waited for it: 20 s here), the run saves its last mark (step 0, no evaluation) and
+    exits; resumed, it is the run that was never stopped (evaluations and final weights, bit
+    for bit)."""
+    work = str(tmp_path)
+    args, cache = [*COMPILED, f"work_dir={work}"], {
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(work, "inductor")}
+    cut_while_compiling(work, args, cache)
+    cut, whole = (os.path.join(work, "cartpole-balance", "1", n) for n in ("cut", "whole"))
+    assert latest_step(cut) == (0, -1)
+    cli("train.py", "exp_name=cut", "resume=true", *args, env=cache)
+    cli("train.py", "exp_name=whole", *args, env=cache)
+    evals = [[(r["step"], r["episode_reward"]) for r in rows(os.path.join(d, "eval.csv"))]
+             for d in (cut, whole)]
+    assert evals[0] == evals[1] and len(evals[0]) == 2, evals
+    a, b = (torch.load(os.path.join(d, "models", "final.pt"), weights_only=True)["agent"]
+            for d in (cut, whole))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_sigterm_while_the_seeds_agent_compiles_saves_every_seed_at_its_mark(tmp_path):
+    """``seeds=[1,2]``: the batched agent compiles once for both seeds; a SIGTERM then is
+    answered at once and each seed's run saves its own step-0 mark."""
+    work = str(tmp_path)
+    text = cut_while_compiling(work, [*COMPILED, f"work_dir={work}", "seeds=[1,2]"],
+                               {"TORCHINDUCTOR_CACHE_DIR": os.path.join(work, "inductor")})
+    assert text.count("Stopped: saved") == 2, text
+    for s in (1, 2):
+        assert latest_step(os.path.join(work, "cartpole-balance", str(s), "cut")) == (0, -1)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from mbdpo import checkpoint as ckpt
 from mbdpo import distributed, faults
+from mbdpo.compiled import compiling
 from mbdpo.config import run_dir
 
 
@@ -160,14 +161,46 @@ class StopAtOnce(SignalHandler):
         return self.signum is not None
 
 
+class StopWhileCompiling(KeyboardInterrupt):
+    """A first Ctrl-C / SIGTERM that came while a function compiled (``compiled.compiling``):
+    raised at once, where the next step may be minutes away; the loop saves its last mark
+    as at any other stop (``Trainer.run_loop``)."""
+
+
 class StopRequested(SignalHandler):
     """Ctrl-C / SIGTERM set a flag; the loop saves a checkpoint and exits at the next step.
-    A second Ctrl-C stops at once."""
+    A second Ctrl-C stops at once. One that comes while a function compiles (seconds on a
+    CPU, minutes on a GPU) raises ``StopWhileCompiling`` when ``while_compiling`` (off under
+    torchrun, whose processes stop together at one update)."""
+
+    def __init__(self, while_compiling: bool = True):
+        super().__init__()
+        self.while_compiling = while_compiling
 
     def _handler(self, signum, frame):
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+        if self.while_compiling:
+            self._stop_compile()
+
+    def _stop_compile(self, *_):
+        """Raise ``StopWhileCompiling`` while a compile is under way, and again 0.1 s later
+        (SIGALRM) until one lands or the compile is over: Python drops an exception raised
+        inside a weakref callback, and the compiler runs some (seen: dynamo's
+        ``ExactWeakKeyDictionary``; that stop waited 39 s for the compile's end)."""
+        if not compiling():
+            return
+        if signal.SIGALRM not in self._old:
+            self._old[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._stop_compile)
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        raise StopWhileCompiling
+
+    def __exit__(self, *exc):
+        if signal.SIGALRM in self._old:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        super().__exit__(*exc)
+        self._old.pop(signal.SIGALRM, None)
 
     def __bool__(self):
         return self.signum is not None
@@ -551,8 +584,11 @@ class Trainer:
         m = self.agent.model
         print(f"MBDPO {what}: {human(num_params(m) - num_params(m.Qs_target))} learnable "
               f"parameters, device {self.cfg.device} -> {self.dir}", flush=True)
-        with StopRequested() as stop:
-            result = self._loop(stop)
+        with StopRequested(while_compiling=not distributed.active()) as stop:
+            try:
+                result = self._loop(stop)
+            except StopWhileCompiling:
+                self.interrupted()  # the last mark: the call that compiled is done again
         self.logger.finish()
         return result
 

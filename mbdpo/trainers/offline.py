@@ -9,6 +9,7 @@ import time
 
 from mbdpo import distributed, faults
 from mbdpo.agent import MBDPO, stack_seeds
+from mbdpo.compiled import Compiled
 from mbdpo.config import ConfigError
 from mbdpo.logging import CSVLog, Logger
 from mbdpo.trainers.base import Trainer, write_metadata
@@ -84,6 +85,8 @@ class OfflineTrainer(Trainer):
         rate_t, rate_step = time.time(), self.step
         losses, result = {}, None
         device = self.agent.device
+        # this process's first update compiles (compile=true; not under torchrun)
+        first = isinstance(self.agent._model_losses, Compiled)
         while True:
             if self.step % cfg.eval_freq == 0 and self.last_eval_step < self.step \
                     or self.step >= cfg.steps:
@@ -103,6 +106,9 @@ class OfflineTrainer(Trainer):
             if self._stop_now(stop):
                 self.check_finite(losses, self.step)
                 self.interrupted(marked=False)
+            if first:  # what a stop while it compiles saves (``run_loop``)
+                self.mark()
+                first = False
             losses = self.agent.update(stack_seeds([self.store.sample(cfg.batch_size,
                                                                       cfg.horizon)]))
             self.step += 1

@@ -28,7 +28,7 @@ import torch
 from mbdpo import checkpoint as ckpt
 from mbdpo.agent import MBDPO, one_seed
 from mbdpo.config import ConfigError, run_dir
-from mbdpo.trainers.base import StopRequested
+from mbdpo.trainers.base import StopRequested, StopWhileCompiling
 from mbdpo.trainers.online import OnlineTrainer
 
 
@@ -257,6 +257,10 @@ class LaneTrainer(OnlineTrainer):
                   f" learnable parameters each, device {self.cfg.device}", flush=True)
         try:
             return self._loop(_LaneStop(self.lanes, self.lane))
+        except _LaneLeft as err:
+            if isinstance(err.__cause__, StopWhileCompiling):  # every lane saves its mark
+                self.interrupted()
+            raise
         finally:
             self.logger.finish()
 
