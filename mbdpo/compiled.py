@@ -45,7 +45,7 @@ def compiling() -> bool:
     return _compiling > 0
 
 
-def _stop_in(err: BaseException) -> BaseException | None:
+def stop_in(err: BaseException) -> BaseException | None:
     """The KeyboardInterrupt (a stop) that ``err`` is or was caused by, else None."""
     seen = set()
     while err is not None and id(err) not in seen:
@@ -94,7 +94,7 @@ class Compiled:
             out = self.compiled(*args, **kwargs)
         except Exception as err:  # dynamo / inductor errors have no common base (Ctrl-C is no
             # Exception: it still stops the run, as does one that such an error wraps)
-            stop = _stop_in(err)
+            stop = stop_in(err)
             if stop is not None:
                 raise stop from None
             failed = err

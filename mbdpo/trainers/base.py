@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from mbdpo import checkpoint as ckpt
 from mbdpo import distributed, faults
-from mbdpo.compiled import compiling
+from mbdpo.compiled import compiling, stop_in
 from mbdpo.config import run_dir
 
 
@@ -152,13 +152,7 @@ class StopAtOnce(SignalHandler):
         raise KeyboardInterrupt
 
     def stopped(self, err: BaseException) -> bool:
-        seen = set()
-        while err is not None and id(err) not in seen:
-            if isinstance(err, KeyboardInterrupt):
-                return True
-            seen.add(id(err))
-            err = err.__cause__ or err.__context__
-        return self.signum is not None
+        return stop_in(err) is not None or self.signum is not None
 
 
 class StopWhileCompiling(KeyboardInterrupt):
