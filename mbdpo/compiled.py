@@ -40,6 +40,11 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 _compiling = 0
 
 
+# Called as a first call starts compiling (set by the training loop's stop handler, which
+# raises there when a stop came a moment before: a compile is not worth starting then).
+on_compile = None
+
+
 def compiling() -> bool:
     """Whether a first call of a ``Compiled`` function is compiling now."""
     return _compiling > 0
@@ -91,6 +96,8 @@ class Compiled:
         failed = None
         _compiling += first
         try:
+            if first and on_compile is not None:
+                on_compile()
             out = self.compiled(*args, **kwargs)
         except Exception as err:  # dynamo / inductor errors have no common base (Ctrl-C is no
             # Exception: it still stops the run, as does one that such an error wraps)

@@ -389,6 +389,13 @@ def test_a_stop_lost_while_compiling_is_raised_again_until_it_lands():
     with StopRequested() as stop:
         os.kill(os.getpid(), signal.SIGTERM)  # not compiling: the flag only
         assert stop.signum == signal.SIGTERM
+        # ... but a compile that would start after it does not (CI: the signal came between
+        # the "compiling ..." line and the compile, which then ran 28 s to its end)
+        calls = compiled.Compiled(lambda x: x + 1, label="a test function")
+        with pytest.raises(StopWhileCompiling):
+            calls(torch.zeros(3))
+        assert not calls.seen and not calls.failed and not compiled.compiling()
+    assert compiled.on_compile is None  # the hook is gone with the handler
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from mbdpo import checkpoint as ckpt
 from mbdpo import distributed, faults
+import mbdpo.compiled as compiled_calls
 from mbdpo.compiled import compiling, stop_in
 from mbdpo.config import run_dir
 
@@ -170,6 +171,17 @@ class StopRequested(SignalHandler):
     def __init__(self, while_compiling: bool = True):
         super().__init__()
         self.while_compiling = while_compiling
+        self._outer_hook = None
+
+    def __enter__(self):
+        super().__enter__()
+        if self.while_compiling:  # a stop that came just before a compile starts ends it too
+            self._outer_hook, compiled_calls.on_compile = compiled_calls.on_compile, self._starts
+        return self
+
+    def _starts(self):
+        if self.signum is not None:
+            self._stop_compile()
 
     def _handler(self, signum, frame):
         if self.signum is not None:
@@ -193,6 +205,8 @@ class StopRequested(SignalHandler):
     def __exit__(self, *exc):
         if signal.SIGALRM in self._old:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        if self.while_compiling:
+            compiled_calls.on_compile = self._outer_hook
         super().__exit__(*exc)
         self._old.pop(signal.SIGALRM, None)
 
