@@ -18,7 +18,6 @@ from omegaconf import OmegaConf
 from mbdpo import checkpoint as ckpt
 from mbdpo import distributed, faults
 import mbdpo.compiled as compiled_calls
-from mbdpo.compiled import compiling, stop_in
 from mbdpo.config import run_dir
 
 
@@ -153,7 +152,7 @@ class StopAtOnce(SignalHandler):
         raise KeyboardInterrupt
 
     def stopped(self, err: BaseException) -> bool:
-        return stop_in(err) is not None or self.signum is not None
+        return compiled_calls.stop_in(err) is not None or self.signum is not None
 
 
 class StopWhileCompiling(KeyboardInterrupt):
@@ -195,7 +194,7 @@ class StopRequested(SignalHandler):
         (SIGALRM) until one lands or the compile is over: Python drops an exception raised
         inside a weakref callback, and the compiler runs some (seen: dynamo's
         ``ExactWeakKeyDictionary``; that stop waited 39 s for the compile's end)."""
-        if not compiling():
+        if not compiled_calls.compiling():
             return
         if signal.SIGALRM not in self._old:
             self._old[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._stop_compile)
